@@ -1,0 +1,182 @@
+//! Start-up and shutdown: builds the shared state, spawns every task, and stops them in order.
+//!
+//! [`run`] takes listeners that are already bound ([`Listeners::bind`]), so `main` binds the
+//! configured addresses and tests bind ephemeral ones. Shutdown order: stop accepting, cancel
+//! the token (EventSource streams end, receive loops return), then wait for the tasks under a
+//! deadline and remove the socket files so Cyrus sees "no listener" at once.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, UnixDatagram, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::TokenKeys;
+use crate::config::Config;
+use crate::http::{self, HttpState};
+use crate::ingest::{self, socket::SocketAccess};
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::stream::StateHub;
+
+/// How long tasks get to finish after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Every listener mailpush serves, bound before [`run`] starts.
+pub struct Listeners {
+    pub http: TcpListener,
+    /// The Cyrus datagram sockets, with their paths (removed at shutdown).
+    pub cyrus: Vec<(PathBuf, UnixDatagram)>,
+    pub dlist: Option<(PathBuf, UnixListener)>,
+    pub ndjson: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every configured address and socket file.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let access = SocketAccess {
+            mode: config.socket_mode(),
+            group: config.ingest.cyrus_socket_group.clone(),
+        };
+        let http = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on http.listen {}", config.http.listen))?;
+        let mut cyrus = Vec::new();
+        for path in &config.ingest.cyrus_socket {
+            cyrus.push((path.clone(), ingest::cyrus::bind(path, &access)?));
+        }
+        let dlist = match &config.ingest.cyrus_dlist_socket {
+            Some(path) => Some((path.clone(), ingest::dlist::bind(path, &access)?)),
+            None => None,
+        };
+        let ndjson = match config.ingest.ndjson_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on ingest.ndjson_listen {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners {
+            http,
+            cyrus,
+            dlist,
+            ndjson,
+        })
+    }
+
+    /// The bound HTTP address (the real port when the config said port 0).
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    /// The bound NDJSON address, when that listener is on.
+    pub fn ndjson_addr(&self) -> Option<SocketAddr> {
+        self.ndjson
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+}
+
+/// Runs mailpush until `shutdown` completes, then drains.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let keys = Arc::new(TokenKeys::load(&config.auth, &config.storage.data_dir)?);
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(StateHub::new(
+        config.http.max_connections,
+        config.http.max_connections_per_user,
+    ));
+    let pipeline = Arc::new(Pipeline::new(hub.clone(), metrics.clone()));
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let max_event_bytes = config.ingest.max_event_bytes;
+
+    let http_addr = listeners.http_addr()?;
+    let ndjson_addr = listeners.ndjson_addr();
+    let mut socket_files = Vec::new();
+    for (path, socket) in listeners.cyrus {
+        socket_files.push(path);
+        tracker.spawn(ingest::cyrus::run(
+            socket,
+            pipeline.clone(),
+            max_event_bytes,
+            cancel.clone(),
+        ));
+    }
+    if let Some((path, listener)) = listeners.dlist {
+        socket_files.push(path);
+        tracker.spawn(ingest::dlist::run(
+            listener,
+            pipeline.clone(),
+            max_event_bytes,
+            cancel.clone(),
+            tracker.clone(),
+        ));
+    }
+    if let Some(listener) = listeners.ndjson {
+        tracker.spawn(ingest::ndjson::run(
+            listener,
+            pipeline.clone(),
+            max_event_bytes,
+            cancel.clone(),
+            tracker.clone(),
+        ));
+    }
+    if config.ingest.secret.is_none() {
+        tracing::info!("POST /ingest is off: ingest.secret is not set");
+    }
+    let state = Arc::new(HttpState {
+        hub,
+        keys,
+        pipeline,
+        metrics,
+        ingest_secret: config.ingest.secret.clone(),
+        cookie_name: config.auth.cookie_name.clone(),
+        retry_ms: config.http.retry_ms,
+        keepalive: Duration::from_secs(config.http.keepalive_secs),
+        shutdown: cancel.clone(),
+    });
+    let router = http::router(state, config.http.max_body_bytes);
+    let server_cancel = cancel.clone();
+    tracker.spawn(async move {
+        let served = axum::serve(listeners.http, router)
+            .with_graceful_shutdown(server_cancel.cancelled_owned())
+            .await;
+        if let Err(err) = served {
+            tracing::error!(error = %err, "http server failed");
+        }
+    });
+    tracing::info!(
+        http = %http_addr,
+        cyrus = ?socket_files,
+        ndjson = ?ndjson_addr,
+        "mailpush listening"
+    );
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    cancel.cancel();
+    tracker.close();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await;
+    for path in &socket_files {
+        if let Err(err) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %err, "cannot remove socket file");
+        }
+    }
+    match drained {
+        Ok(()) => tracing::info!("stopped"),
+        Err(_) => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "tasks still running at the shutdown deadline")
+        }
+    }
+    Ok(())
+}

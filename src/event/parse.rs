@@ -1,0 +1,487 @@
+//! Bytes to [`Event`]: the RFC 5423 JSON body, and the notify packet around it.
+//!
+//! The JSON is read once, into a borrowed struct that picks out the fields mailpush acts on
+//! and skips the rest; the whole text is then kept as [`Event::raw`]. Unknown event types and
+//! unknown keys are never an error, and a known key with an unexpected type is read as absent:
+//! producers differ (Cyrus, Dovecot, scripts) and a push is worth more than a type check.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{Class, Counters, Envelope, Event, Kind, MailboxType, Notification, envelope, imapurl};
+
+/// Why bytes are not an event. Each variant has a stable [`ParseError::reason`] for metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("truncated packet: no {0} field")]
+    Truncated(&'static str),
+    #[error("bad packet header: {0}")]
+    BadHeader(&'static str),
+    #[error("{0} is not UTF-8")]
+    NotUtf8(&'static str),
+    #[error("bad dlist record: {0}")]
+    BadDlist(&'static str),
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("event has no \"event\" name")]
+    MissingName,
+    #[error("bad uri: {0}")]
+    Uri(#[from] imapurl::UrlError),
+    #[error("{size} bytes is over the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+}
+
+impl ParseError {
+    /// A short, fixed label for the `reason` of a rejected-packet counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ParseError::Truncated(_) => "truncated",
+            ParseError::BadHeader(_) => "bad_header",
+            ParseError::NotUtf8(_) => "not_utf8",
+            ParseError::BadDlist(_) => "bad_dlist",
+            ParseError::Json(_) => "invalid_json",
+            ParseError::MissingName => "missing_event_name",
+            ParseError::Uri(_) => "bad_uri",
+            ParseError::TooLarge { .. } => "too_large",
+        }
+    }
+}
+
+/// Parses one RFC 5423 event given as a JSON object (NDJSON lines, `POST /ingest`).
+pub fn from_json(json: String) -> Result<Event, ParseError> {
+    let raw = RawValue::from_string(json).map_err(|err| ParseError::Json(err.to_string()))?;
+    let mut event = event_from_raw_json(&raw)?;
+    event.raw = Some(raw);
+    Ok(event)
+}
+
+/// Turns a notify packet (datagram or dlist record) into an event, whatever its class.
+pub fn from_notification(mut notification: Notification) -> Result<Event, ParseError> {
+    let packet_user = non_empty(&notification.user);
+    let mut event = match &notification.class {
+        Class::Event => {
+            let json = std::mem::take(&mut notification.message);
+            let mut event = from_json(json)?;
+            if event.owner.is_none() && event.mailbox.is_none() {
+                event.owner = packet_user;
+            }
+            event
+        }
+        Class::Imip => {
+            let json = std::mem::take(&mut notification.message);
+            let raw =
+                RawValue::from_string(json).map_err(|err| ParseError::Json(err.to_string()))?;
+            let mut event = bare_event(Class::Imip, "IMIP".into(), Kind::Imip, packet_user);
+            event.raw = Some(raw);
+            event
+        }
+        Class::Sieve => bare_event(Class::Sieve, "SIEVE".into(), Kind::SieveNotify, packet_user),
+        Class::Mail => bare_event(Class::Mail, "MAIL".into(), Kind::MailNotice, packet_user),
+        Class::Other(name) => bare_event(
+            notification.class.clone(),
+            name.clone(),
+            Kind::Other,
+            packet_user,
+        ),
+    };
+    event.notification = Some(notification);
+    Ok(event)
+}
+
+fn bare_event(class: Class, name: String, kind: Kind, owner: Option<String>) -> Event {
+    Event {
+        class,
+        name,
+        kind,
+        actor: owner.clone(),
+        owner,
+        mailbox: None,
+        mailbox_type: None,
+        slot: None,
+        modseq: None,
+        unseen: None,
+        messages: None,
+        counters: None,
+        envelope: None,
+        raw: None,
+        notification: None,
+    }
+}
+
+/// The keys mailpush reads; serde skips every other key without building it.
+#[derive(Deserialize)]
+struct WireEvent<'a> {
+    #[serde(borrow, default, deserialize_with = "lenient::text")]
+    event: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "lenient::text")]
+    uri: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    modseq: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::number")]
+    messages: Option<u64>,
+    #[serde(
+        rename = "vnd.cmu.unseenMessages",
+        default,
+        deserialize_with = "lenient::number"
+    )]
+    unseen: Option<u64>,
+    #[serde(borrow, default, deserialize_with = "lenient::text")]
+    user: Option<Cow<'a, str>>,
+    #[serde(rename = "userId", borrow, default, deserialize_with = "lenient::text")]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(
+        rename = "calendarOwner",
+        borrow,
+        default,
+        deserialize_with = "lenient::text"
+    )]
+    calendar_owner: Option<Cow<'a, str>>,
+    #[serde(
+        rename = "serverFQDN",
+        borrow,
+        default,
+        deserialize_with = "lenient::text"
+    )]
+    server_fqdn: Option<Cow<'a, str>>,
+    #[serde(
+        rename = "vnd.cmu.mbtype",
+        borrow,
+        default,
+        deserialize_with = "lenient::text"
+    )]
+    mbtype: Option<Cow<'a, str>>,
+    #[serde(
+        rename = "vnd.fastmail.counters",
+        borrow,
+        default,
+        deserialize_with = "lenient::text"
+    )]
+    counters: Option<Cow<'a, str>>,
+    #[serde(
+        rename = "vnd.cmu.envelope",
+        borrow,
+        default,
+        deserialize_with = "lenient::text"
+    )]
+    envelope: Option<Cow<'a, str>>,
+    #[serde(rename = "vnd.fastmail.jmapEmail", borrow, default)]
+    jmap_email: Option<&'a RawValue>,
+}
+
+/// The part of `vnd.fastmail.jmapEmail` used for display; its headers are already decoded.
+#[derive(Deserialize)]
+struct JmapEmail<'a> {
+    #[serde(borrow, default, deserialize_with = "lenient::text")]
+    subject: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    from: Option<Vec<JmapAddress<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct JmapAddress<'a> {
+    #[serde(borrow, default, deserialize_with = "lenient::text")]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "lenient::text")]
+    email: Option<Cow<'a, str>>,
+}
+
+fn event_from_raw_json(raw: &RawValue) -> Result<Event, ParseError> {
+    // A derived struct would also accept a JSON array (by position); events are objects.
+    if !raw.get().starts_with('{') {
+        return Err(ParseError::Json("an event must be a JSON object".into()));
+    }
+    let wire: WireEvent<'_> =
+        serde_json::from_str(raw.get()).map_err(|err| ParseError::Json(err.to_string()))?;
+    let name = wire
+        .event
+        .filter(|name| !name.is_empty())
+        .ok_or(ParseError::MissingName)?;
+    let kind = Kind::from_name(&name);
+    let mailbox = match wire.uri.as_deref() {
+        Some(uri) => imapurl::parse(uri)?,
+        None => None,
+    };
+    // The owner comes from the mailbox path when there is one (the acting `user` may be an
+    // admin or a sharee); events without a mailbox name their user directly.
+    let owner = match &mailbox {
+        Some(mailbox) => mailbox.owner.clone(),
+        None => wire
+            .user_id
+            .or(wire.calendar_owner)
+            .or(wire.user.clone())
+            .filter(|user| !user.is_empty())
+            .map(Cow::into_owned),
+    };
+    let envelope = wire
+        .jmap_email
+        .and_then(envelope_from_jmap)
+        .or_else(|| wire.envelope.as_deref().map(envelope::parse));
+    Ok(Event {
+        class: Class::Event,
+        name: name.into_owned(),
+        kind,
+        owner,
+        mailbox,
+        mailbox_type: wire.mbtype.as_deref().and_then(MailboxType::from_mbtype),
+        actor: wire
+            .user
+            .filter(|user| !user.is_empty())
+            .map(Cow::into_owned),
+        slot: wire.server_fqdn.map(Cow::into_owned),
+        modseq: wire.modseq,
+        unseen: wire.unseen,
+        messages: wire.messages,
+        counters: wire.counters.as_deref().and_then(Counters::parse),
+        envelope,
+        raw: None,
+        notification: None,
+    })
+}
+
+/// Reads sender and subject from `vnd.fastmail.jmapEmail`; None when it has an odd shape, so
+/// the caller falls back to the IMAP envelope.
+fn envelope_from_jmap(raw: &RawValue) -> Option<Envelope> {
+    let email: JmapEmail<'_> = serde_json::from_str(raw.get()).ok()?;
+    let first = email.from.and_then(|from| from.into_iter().next());
+    let (from_name, from_address) = match first {
+        Some(address) => (
+            address.name.filter(|n| !n.is_empty()).map(Cow::into_owned),
+            address.email.filter(|e| !e.is_empty()).map(Cow::into_owned),
+        ),
+        None => (None, None),
+    };
+    Some(Envelope {
+        subject: email.subject.map(Cow::into_owned),
+        from_name,
+        from_address,
+    })
+}
+
+fn non_empty(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// Field readers that turn a value of an unexpected type into "absent" instead of an error.
+mod lenient {
+    use std::borrow::Cow;
+    use std::fmt;
+
+    use serde::Deserializer;
+    use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    /// A string, borrowed when it has no escapes; anything else is None.
+    pub fn text<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+        de.deserialize_any(Lenient(|value: Scalar<'de>| match value {
+            Scalar::Text(text) => Some(text),
+            _ => None,
+        }))
+    }
+
+    /// A non-negative integer, also when sent as a decimal string; anything else is None.
+    pub fn number<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
+        de.deserialize_any(Lenient(|value: Scalar<'de>| match value {
+            Scalar::Unsigned(n) => Some(n),
+            Scalar::Text(text) => text.trim().parse().ok(),
+            _ => None,
+        }))
+    }
+
+    pub enum Scalar<'de> {
+        Text(Cow<'de, str>),
+        Unsigned(u64),
+        Other,
+    }
+
+    struct Lenient<F>(F);
+
+    impl<'de, T, F: FnOnce(Scalar<'de>) -> Option<T>> Visitor<'de> for Lenient<F> {
+        type Value = Option<T>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+            formatter.write_str("any JSON value")
+        }
+
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok((self.0)(Scalar::Text(Cow::Borrowed(v))))
+        }
+
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok((self.0)(Scalar::Text(Cow::Owned(v.to_owned()))))
+        }
+
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok((self.0)(Scalar::Text(Cow::Owned(v))))
+        }
+
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok((self.0)(Scalar::Unsigned(v)))
+        }
+
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(u64::try_from(v)
+                .ok()
+                .and_then(|v| (self.0)(Scalar::Unsigned(v))))
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok((self.0)(Scalar::Other))
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok((self.0)(Scalar::Other))
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::packet;
+
+    fn json(text: &str) -> Result<Event, ParseError> {
+        from_json(text.to_owned())
+    }
+
+    #[test]
+    fn message_new_fields() {
+        let event = json(r#"{"event":"MessageNew","uri":"imap://h/user/alice;UIDVALIDITY=7/;UID=3","modseq":4,"messages":1,"vnd.cmu.unseenMessages":1,"user":"cyrus","vnd.cmu.mbtype":"e","serverFQDN":"slot1.example","vnd.cmu.envelope":"(NIL \"Hi\" ((\"Bob\" NIL \"bob\" \"example.net\")) NIL NIL NIL NIL NIL NIL NIL)","x-unknown":{"deep":[1,2]}}"#).unwrap();
+        assert_eq!(event.kind, Kind::MessageNew);
+        assert_eq!(event.owner.as_deref(), Some("alice"));
+        assert_eq!(event.actor.as_deref(), Some("cyrus"));
+        assert_eq!(event.slot.as_deref(), Some("slot1.example"));
+        assert_eq!(event.mailbox_type, Some(MailboxType::Mail));
+        let mailbox = event.mailbox.as_ref().unwrap();
+        assert_eq!(
+            (mailbox.folder.as_deref(), mailbox.uidvalidity, mailbox.uid),
+            (Some("INBOX"), Some(7), Some(3))
+        );
+        assert_eq!(
+            (event.modseq, event.unseen, event.messages),
+            (Some(4), Some(1), Some(1))
+        );
+        let envelope = event.envelope.unwrap();
+        assert_eq!(envelope.subject.as_deref(), Some("Hi"));
+        assert_eq!(envelope.from_name.as_deref(), Some("Bob"));
+        assert!(event.raw.unwrap().get().contains("x-unknown"));
+    }
+
+    #[test]
+    fn jmap_email_wins_over_envelope() {
+        let event = json(r#"{"event":"MessageNew","vnd.cmu.envelope":"(NIL \"raw\" NIL NIL NIL NIL NIL NIL NIL NIL)","vnd.fastmail.jmapEmail":{"subject":"Grüße","from":[{"name":"Jörg","email":"joerg@example.net"}]}}"#).unwrap();
+        let envelope = event.envelope.unwrap();
+        assert_eq!(envelope.subject.as_deref(), Some("Grüße"));
+        assert_eq!(envelope.from_name.as_deref(), Some("Jörg"));
+        assert_eq!(envelope.from_address.as_deref(), Some("joerg@example.net"));
+        // An odd jmapEmail falls back to the envelope instead of failing the event.
+        let event = json(r#"{"event":"MessageNew","vnd.cmu.envelope":"(NIL \"raw\" NIL NIL NIL NIL NIL NIL NIL NIL)","vnd.fastmail.jmapEmail":{"from":"nobody"}}"#).unwrap();
+        assert_eq!(event.envelope.unwrap().subject.as_deref(), Some("raw"));
+    }
+
+    #[test]
+    fn owners_without_a_mailbox() {
+        let owner = |text: &str| json(text).unwrap().owner;
+        assert_eq!(
+            owner(r#"{"event":"CalendarAlarm","userId":"alice","calendarOwner":"bob"}"#).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            owner(r#"{"event":"ApplePushService","user":"alice"}"#).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            owner(r#"{"event":"Login","uri":"imap://h","user":"carol"}"#).as_deref(),
+            Some("carol")
+        );
+        // A shared mailbox has no owner, whoever acted on it.
+        assert_eq!(
+            owner(
+                r#"{"event":"MessageNew","uri":"imap://h/shared.x;UIDVALIDITY=1","user":"carol"}"#
+            ),
+            None
+        );
+        assert_eq!(owner(r#"{"event":"MailboxModseq","uri":"imap://h/user/dave/Work;UIDVALIDITY=1","user":""}"#).as_deref(), Some("dave"));
+    }
+
+    #[test]
+    fn lenient_types_and_unknown_events() {
+        let event = json(r#"{"event":"vnd.example.Thing","modseq":"12","messages":-1,"vnd.cmu.unseenMessages":[1],"user":5,"serverFQDN":null}"#).unwrap();
+        assert_eq!(event.kind, Kind::Other);
+        assert_eq!(event.name, "vnd.example.Thing");
+        assert_eq!(
+            (event.modseq, event.messages, event.unseen),
+            (Some(12), None, None)
+        );
+        assert_eq!(event.actor, None);
+        assert_eq!(event.slot, None);
+    }
+
+    #[test]
+    fn rejected_json() {
+        let reason = |text: &str| json(text).err().map(|err| err.reason());
+        assert_eq!(reason(""), Some("invalid_json"));
+        assert_eq!(reason("{\"event\":"), Some("invalid_json"));
+        assert_eq!(reason("[1,2]"), Some("invalid_json"));
+        assert_eq!(reason("\"MessageNew\""), Some("invalid_json"));
+        assert_eq!(reason("{}"), Some("missing_event_name"));
+        assert_eq!(reason(r#"{"event":""}"#), Some("missing_event_name"));
+        assert_eq!(reason(r#"{"event":7}"#), Some("missing_event_name"));
+        assert_eq!(
+            reason(r#"{"event":"MessageNew","uri":"http://x/"}"#),
+            Some("bad_uri")
+        );
+        assert_eq!(
+            reason(r#"{"event":"MessageNew"} trailing"#),
+            Some("invalid_json")
+        );
+        assert_eq!(reason(r#"{"event":"A","event":"B"}"#), Some("invalid_json"));
+    }
+
+    #[test]
+    fn packet_classes() {
+        let sieve =
+            packet::from_datagram(b"mailto\0SIEVE\0high\0alice\0\x001\0a@b\0Hi\n\0/stage/1\0")
+                .unwrap();
+        let event = from_notification(sieve).unwrap();
+        assert_eq!(
+            (event.kind, event.owner.as_deref()),
+            (Kind::SieveNotify, Some("alice"))
+        );
+        assert_eq!(event.notification.as_ref().unwrap().message, "Hi\n");
+
+        let imip =
+            packet::from_datagram(b"imip\0IMIP\0\0alice\0\x000\0{\"recipient\":\"x\"}\0").unwrap();
+        let event = from_notification(imip).unwrap();
+        assert_eq!(
+            (event.kind, event.owner.as_deref()),
+            (Kind::Imip, Some("alice"))
+        );
+        assert_eq!(event.raw.as_ref().unwrap().get(), "{\"recipient\":\"x\"}");
+        assert_eq!(event.notification.as_ref().unwrap().message, "");
+
+        let bad = packet::from_datagram(b"m\0EVENT\0\0\0\x000\0{oops}\0").unwrap();
+        assert_eq!(
+            from_notification(bad).err().map(|e| e.reason()),
+            Some("invalid_json")
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! `GET /events` (FastMail's format) and `GET /jmap/eventsource` (RFC 8620 §7.3).
+//!
+//! Both authenticate the token, read `Last-Event-ID`, take a connection slot from the hub and
+//! stream the [`crate::stream::feed`] of the token's user. A user can only ever subscribe to
+//! their own cell: the user id comes from the verified token, never from the request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::{ApiError, HttpState, request_token};
+use crate::stream::jmap::TypeFilter;
+use crate::stream::{FeedOptions, Format, UserState, feed};
+
+/// Query parameters of `GET /events`.
+#[derive(Debug, Deserialize)]
+pub struct LegacyQuery {
+    access_token: Option<String>,
+}
+
+/// Query parameters of `GET /jmap/eventsource`.
+#[derive(Debug, Deserialize)]
+pub struct JmapQuery {
+    access_token: Option<String>,
+    types: Option<String>,
+    closeafter: Option<String>,
+    ping: Option<String>,
+}
+
+/// The ping interval range; RFC 8620 asks for a minimum of at most 30 s and a maximum of at
+/// least 300 s.
+const PING_MIN_SECS: u64 = 5;
+const PING_MAX_SECS: u64 = 600;
+
+/// Serves FastMail's `event: push` stream.
+pub async fn legacy(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    query: Result<Query<LegacyQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    let user = verify(&state, &headers, query.access_token.as_deref())?;
+    open_stream(&state, &headers, user, Format::Legacy, "legacy")
+}
+
+/// Serves the JMAP `event: state` stream.
+pub async fn jmap(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    query: Result<Query<JmapQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    // Authenticate before looking at the other parameters, so anonymous callers learn nothing.
+    let user = verify(&state, &headers, query.access_token.as_deref())?;
+    let format = jmap_format(&query)?;
+    open_stream(&state, &headers, user, format, "jmap")
+}
+
+fn jmap_format(query: &JmapQuery) -> Result<Format, ApiError> {
+    let filter = TypeFilter::parse(query.types.as_deref().unwrap_or("*")).map_err(|message| {
+        ApiError::BadRequest {
+            code: "invalid_types",
+            message: message.into(),
+        }
+    })?;
+    let close_after_state = match query.closeafter.as_deref().unwrap_or("no") {
+        "state" => true,
+        "no" => false,
+        _ => {
+            return Err(ApiError::BadRequest {
+                code: "invalid_closeafter",
+                message: "closeafter must be state or no".into(),
+            });
+        }
+    };
+    let ping_secs: u64 =
+        query
+            .ping
+            .as_deref()
+            .unwrap_or("0")
+            .parse()
+            .map_err(|_| ApiError::BadRequest {
+                code: "invalid_ping",
+                message: "ping must be a number of seconds".into(),
+            })?;
+    let ping =
+        (ping_secs > 0).then(|| Duration::from_secs(ping_secs.clamp(PING_MIN_SECS, PING_MAX_SECS)));
+    Ok(Format::Jmap {
+        filter,
+        close_after_state,
+        ping,
+    })
+}
+
+fn verify(
+    state: &HttpState,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<String, ApiError> {
+    let token = request_token(headers, &state.cookie_name, query_token);
+    let verified = token
+        .ok_or(crate::auth::AuthError::Missing)
+        .and_then(|token| state.keys.verify(token));
+    match verified {
+        Ok(claims) => Ok(claims.sub),
+        Err(err) => {
+            state.metrics.stream_refused(err.code());
+            Err(err.into())
+        }
+    }
+}
+
+fn open_stream(
+    state: &HttpState,
+    headers: &HeaderMap,
+    user: String,
+    format: Format,
+    format_label: &'static str,
+) -> Result<Response, ApiError> {
+    let subscription = state.hub.subscribe(&user).inspect_err(|err| {
+        state.metrics.stream_refused(match err {
+            crate::stream::SubscribeError::UserLimit => "user_limit",
+            crate::stream::SubscribeError::ServerLimit => "server_limit",
+        });
+    })?;
+    let seen = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|id| UserState::from_event_id(id.trim()));
+    let options = FeedOptions {
+        format,
+        retry_ms: state.retry_ms,
+        keepalive: state.keepalive,
+        sent: state.metrics.frames_sent(format_label),
+    };
+    let frames = feed(user, subscription, seen, options, state.shutdown.clone());
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(Body::from_stream(frames))
+        .map_err(|err| ApiError::BadRequest {
+            code: "internal",
+            message: err.to_string(),
+        })
+}
+
+fn bad_query(rejection: QueryRejection) -> ApiError {
+    ApiError::BadRequest {
+        code: "invalid_query",
+        message: rejection.body_text(),
+    }
+}

@@ -1,0 +1,156 @@
+//! `POST /ingest`: one RFC 5423 event as a JSON object, or an array of them, from any producer
+//! that holds the ingest secret.
+//!
+//! Good events in a batch are dispatched even when others are bad; the reply says which were
+//! rejected and why, so the producer can fix them without resending the rest.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::{ApiError, HttpState, bearer};
+use crate::event::{self, ParseError};
+use crate::metrics::Source;
+
+#[derive(Serialize)]
+struct Accepted {
+    accepted: usize,
+}
+
+#[derive(Serialize)]
+struct PartlyRejected {
+    code: &'static str,
+    message: String,
+    accepted: usize,
+    errors: Vec<Rejected>,
+}
+
+#[derive(Serialize)]
+struct Rejected {
+    index: usize,
+    reason: &'static str,
+    message: String,
+}
+
+/// Accepts events over HTTP.
+pub async fn post(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
+        _ => ApiError::BadRequest {
+            code: "unreadable_body",
+            message: rejection.body_text(),
+        },
+    })?;
+    let events = split_body(&body).map_err(|err| {
+        state.pipeline.reject(Source::Http, &err);
+        ApiError::BadRequest {
+            code: err.reason(),
+            message: err.to_string(),
+        }
+    })?;
+    let total = events.len();
+    let mut errors = Vec::new();
+    for (index, raw) in events.into_iter().enumerate() {
+        match event::from_json(String::from(Box::<str>::from(raw))) {
+            Ok(event) => state.pipeline.dispatch(Source::Http, event),
+            Err(err) => {
+                state.pipeline.reject(Source::Http, &err);
+                errors.push(Rejected {
+                    index,
+                    reason: err.reason(),
+                    message: err.to_string(),
+                });
+            }
+        }
+    }
+    let accepted = total - errors.len();
+    if errors.is_empty() {
+        return Ok(Json(Accepted { accepted }).into_response());
+    }
+    tracing::debug!(
+        accepted,
+        rejected = errors.len(),
+        "ingest batch partly rejected"
+    );
+    let reply = PartlyRejected {
+        code: "invalid_event",
+        message: format!("{} of {total} events rejected", errors.len()),
+        accepted,
+        errors,
+    };
+    Ok((StatusCode::BAD_REQUEST, Json(reply)).into_response())
+}
+
+fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(secret) = &state.ingest_secret else {
+        return Err(ApiError::Forbidden {
+            code: "ingest_disabled",
+            message: "POST /ingest is off: set ingest.secret to turn it on".into(),
+        });
+    };
+    match bearer(headers) {
+        Some(token) if constant_time_eq(token.as_bytes(), secret.expose().as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::Unauthorized {
+            code: "ingest_unauthorized",
+            message: "wrong ingest secret".into(),
+        }),
+        None => Err(ApiError::Unauthorized {
+            code: "ingest_unauthorized",
+            message: "send Authorization: Bearer <ingest.secret>".into(),
+        }),
+    }
+}
+
+/// One object or an array of objects; each element stays raw text until parsed as an event.
+fn split_body(body: &[u8]) -> Result<Vec<Box<RawValue>>, ParseError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let parsed = match first {
+        Some(b'[') => serde_json::from_slice::<Vec<Box<RawValue>>>(body),
+        _ => serde_json::from_slice::<Box<RawValue>>(body).map(|raw| vec![raw]),
+    };
+    parsed.map_err(|err| ParseError::Json(err.to_string()))
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies() {
+        assert_eq!(split_body(b"{\"event\":\"A\"}").unwrap().len(), 1);
+        assert_eq!(
+            split_body(b" [{\"event\":\"A\"}, {\"event\":\"B\"}] ")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(split_body(b"[]").unwrap().len(), 0);
+        assert!(split_body(b"").is_err());
+        assert!(split_body(b"{").is_err());
+        assert!(split_body(b"[1,").is_err());
+    }
+
+    #[test]
+    fn secrets_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

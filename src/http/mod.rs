@@ -1,0 +1,211 @@
+//! The HTTP API: the router, its shared state, and the one error type every handler returns.
+//!
+//! Handlers live in [`events`] (EventSource streams) and [`ingest`] (`POST /ingest`). Every
+//! error reaches the client as JSON with a stable `code`; client errors are logged at debug at
+//! most, so a misbehaving client cannot fill the log.
+
+pub mod events;
+pub mod ingest;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{AuthError, TokenKeys};
+use crate::config::Secret;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::stream::{StateHub, SubscribeError};
+
+/// What the handlers share.
+pub struct HttpState {
+    /// Live state cells that EventSource connections subscribe to.
+    pub hub: Arc<StateHub>,
+    /// Verifies client tokens.
+    pub keys: Arc<TokenKeys>,
+    /// Where `POST /ingest` hands events.
+    pub pipeline: Arc<Pipeline>,
+    pub metrics: Arc<Metrics>,
+    /// Bearer secret for `POST /ingest`; None turns the endpoint off.
+    pub ingest_secret: Option<Secret>,
+    /// Cookie that may carry a client token.
+    pub cookie_name: String,
+    /// `retry:` hint for EventSource clients, in milliseconds.
+    pub retry_ms: u64,
+    /// Quiet time before a keepalive comment.
+    pub keepalive: Duration,
+    /// Cancelled at shutdown: every EventSource stream ends.
+    pub shutdown: CancellationToken,
+}
+
+/// Builds the router with every endpoint.
+pub fn router(state: Arc<HttpState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/events", get(events::legacy))
+        .route("/jmap/eventsource", get(events::jmap))
+        .route("/ingest", post(ingest::post))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    let body = state.metrics.render(state.hub.connections());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Every way a request can fail, each with its HTTP status and stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Busy(#[from] SubscribeError),
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{message}")]
+    Unauthorized { code: &'static str, message: String },
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    #[error("request body is larger than the limit")]
+    TooLarge,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Auth(err) => (StatusCode::UNAUTHORIZED, err.code()),
+            ApiError::Busy(SubscribeError::UserLimit) => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_user_connections")
+            }
+            ApiError::Busy(SubscribeError::ServerLimit) => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_connections")
+            }
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::Unauthorized { code, .. } => (StatusCode::UNAUTHORIZED, code),
+            ApiError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        tracing::debug!(status = status.as_u16(), code, error = %self, "request refused");
+        let body = ErrorBody {
+            code,
+            message: self.to_string(),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// The token of a request: `Authorization: Bearer`, then the cookie, then `?access_token=`.
+pub fn request_token<'a>(
+    headers: &'a HeaderMap,
+    cookie_name: &str,
+    query_token: Option<&'a str>,
+) -> Option<&'a str> {
+    bearer(headers)
+        .or_else(|| cookie(headers, cookie_name))
+        .or(query_token)
+        .filter(|token| !token.is_empty())
+}
+
+/// The credentials of an `Authorization: Bearer` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then_some(value)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn token_sources_in_order() {
+        let check = |map: HeaderMap, query: Option<&str>, expect: Option<&str>| {
+            assert_eq!(request_token(&map, "mailpush_token", query), expect);
+        };
+        check(
+            headers(&[("authorization", "Bearer aaa")]),
+            Some("ccc"),
+            Some("aaa"),
+        );
+        check(
+            headers(&[("authorization", "bearer  aaa ")]),
+            None,
+            Some("aaa"),
+        );
+        check(
+            headers(&[("cookie", "x=1; mailpush_token=bbb")]),
+            Some("ccc"),
+            Some("bbb"),
+        );
+        check(
+            headers(&[("authorization", "Basic zzz"), ("cookie", "other=1")]),
+            Some("ccc"),
+            Some("ccc"),
+        );
+        check(headers(&[]), None, None);
+        check(headers(&[]), Some(""), None);
+    }
+}

@@ -1,0 +1,159 @@
+//! The Cyrus `dlist:` stream socket (`notifysocket: dlist:/path`).
+//!
+//! Cyrus opens one connection per notification, writes one record, waits for `OK NIL`, and
+//! closes. The reply goes out after the event is dispatched, so it is a true acknowledgement;
+//! a bad record gets `NO` with the reason (Cyrus logs it) and the connection is closed.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::RejectLog;
+use super::socket::{self, SocketAccess};
+use crate::event::dlist::{DlistError, REPLY_OK, parse_record};
+use crate::event::{self, ParseError};
+use crate::metrics::Source;
+use crate::pipeline::Pipeline;
+
+/// Connections served at once; Cyrus holds one per process that is sending.
+const MAX_CONNECTIONS: usize = 1024;
+/// A connection that sends nothing for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Binds the socket file, replacing a stale one, with the configured mode and group.
+pub fn bind(path: &Path, access: &SocketAccess) -> anyhow::Result<UnixListener> {
+    socket::prepare(path, socket::Kind::Stream)?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind dlist socket {}", path.display()))?;
+    socket::apply_access(path, access)?;
+    Ok(listener)
+}
+
+/// Accepts connections until shutdown; each is served by its own task.
+pub async fn run(
+    listener: UnixListener,
+    pipeline: Arc<Pipeline>,
+    max_bytes: usize,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        // Wait for a free slot first, so a connection storm queues in the kernel backlog.
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => return,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let pipeline = pipeline.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move {
+                    serve(stream, &pipeline, max_bytes, &shutdown).await;
+                    drop(permit);
+                });
+            }
+            Err(err) => tracing::warn!(error = %err, "dlist accept failed"),
+        }
+    }
+}
+
+async fn serve(
+    mut stream: UnixStream,
+    pipeline: &Pipeline,
+    max_bytes: usize,
+    shutdown: &CancellationToken,
+) {
+    let mut reject_log = RejectLog::new(Source::Dlist);
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        match parse_record(&buffer, max_bytes) {
+            Ok((notification, used)) => {
+                buffer.drain(..used);
+                match event::from_notification(notification) {
+                    Ok(event) => pipeline.dispatch(Source::Dlist, event),
+                    Err(err) => {
+                        reject_log.reject(pipeline, &err, used);
+                        let _ = stream.write_all(&no_reply(&err)).await;
+                        return;
+                    }
+                }
+                if stream.write_all(REPLY_OK).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Err(DlistError::Invalid(err)) => {
+                reject_log.reject(pipeline, &err, buffer.len());
+                let _ = stream.write_all(&no_reply(&err)).await;
+                return;
+            }
+            Err(DlistError::Incomplete) if buffer.len() > max_bytes + 1024 => {
+                let err = ParseError::TooLarge {
+                    size: buffer.len(),
+                    limit: max_bytes,
+                };
+                reject_log.reject(pipeline, &err, buffer.len());
+                let _ = stream.write_all(&no_reply(&err)).await;
+                return;
+            }
+            Err(DlistError::Incomplete) => {}
+        }
+        let read = tokio::select! {
+            () = shutdown.cancelled() => return,
+            read = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut chunk)) => read,
+        };
+        match read {
+            Ok(Ok(0)) => {
+                if !buffer.is_empty() {
+                    reject_log.reject(
+                        pipeline,
+                        &ParseError::Truncated("dlist record"),
+                        buffer.len(),
+                    );
+                }
+                return;
+            }
+            Ok(Ok(n)) => buffer.extend_from_slice(&chunk[..n]),
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "dlist connection read failed");
+                return;
+            }
+            Err(_elapsed) => {
+                if !buffer.is_empty() {
+                    reject_log.reject(
+                        pipeline,
+                        &ParseError::Truncated("dlist record"),
+                        buffer.len(),
+                    );
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// A dlist `NO` reply carrying the reason as a quoted string.
+fn no_reply(err: &ParseError) -> Vec<u8> {
+    let reason: String = err
+        .to_string()
+        .chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect();
+    format!("NO \"{reason}\"\r\n").into_bytes()
+}

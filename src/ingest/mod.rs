@@ -1,0 +1,63 @@
+//! Listeners that take events in: the Cyrus datagram socket ([`cyrus`]), its `dlist:` stream
+//! form ([`dlist`]) and newline-delimited JSON over TCP ([`ndjson`]). `POST /ingest` lives in
+//! `http` and uses the same [`Pipeline`].
+//!
+//! Cyrus sends each event from inside the IMAP or LMTP command that caused it and blocks once
+//! about ten datagrams wait unread, so every receive loop parses and dispatches synchronously
+//! and goes straight back to reading: nothing here awaits anything downstream. A bad packet is
+//! counted, logged (rate-limited) with its reason, and dropped; a listener never dies of input.
+
+pub mod cyrus;
+pub mod dlist;
+pub mod ndjson;
+pub mod socket;
+
+use std::time::{Duration, Instant};
+
+use crate::event::ParseError;
+use crate::metrics::Source;
+use crate::pipeline::Pipeline;
+
+/// Logs rejected packets at most once per interval per listener, with a count of the ones it
+/// held back, so a flood of garbage cannot flood the log.
+pub struct RejectLog {
+    source: Source,
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RejectLog {
+    /// A limiter allowing one line per second.
+    pub fn new(source: Source) -> RejectLog {
+        RejectLog {
+            source,
+            interval: Duration::from_secs(1),
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Counts the rejection and logs it unless a line went out less than a second ago.
+    pub fn reject(&mut self, pipeline: &Pipeline, error: &ParseError, size: usize) {
+        pipeline.reject(self.source, error);
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.interval)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            source = self.source.label(),
+            reason = error.reason(),
+            error = %error,
+            bytes = size,
+            suppressed = self.suppressed,
+            "dropped bad packet"
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}

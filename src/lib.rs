@@ -1,0 +1,28 @@
+//! mailpush: a push-notification gateway for mail servers.
+//!
+//! A mail store (Cyrus IMAP) reports every mailbox change as an RFC 5423 event; mailpush turns
+//! that stream into live EventSource updates for web clients. The modules follow the data path:
+//!
+//! ```text
+//! ingest ─bytes─▶ event (parse) ─Event─▶ pipeline ─▶ route (pure) ─Action─▶ stream ─▶ http (SSE)
+//! ```
+//!
+//! - [`ingest`]: the Cyrus datagram and `dlist:` sockets, NDJSON over TCP; never waits downstream.
+//! - [`event`]: bytes to [`event::Event`]; no I/O, no panics on input.
+//! - [`pipeline`]: counts each event, routes it, carries out the actions without waiting.
+//! - [`route`]: `Event → Vec<Action>`, pure.
+//! - [`stream`]: per-user latest-state cells and the EventSource frame formats.
+//! - [`http`]: the axum router: EventSource endpoints, `POST /ingest`, health, metrics.
+//! - [`auth`]: client tokens; the only module that sees the token secret.
+//! - [`config`], [`metrics`], [`app`] (start-up and shutdown).
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod event;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod pipeline;
+pub mod route;
+pub mod stream;

@@ -1,0 +1,273 @@
+//! Counters and gauges, registered once per running app and rendered for `GET /metrics`.
+//!
+//! Each app owns its own registry (no global recorder), so tests that run several apps in one
+//! process read each app's figures apart. Label values come from fixed sets (event kinds,
+//! reject reasons, sources) or are capped (slots), so a producer cannot grow the series without
+//! limit.
+
+use std::collections::HashSet;
+use std::sync::RwLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Where an event came in; a label on ingest metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// The Cyrus notify datagram socket.
+    Cyrus,
+    /// The Cyrus `dlist:` stream socket.
+    Dlist,
+    /// Newline-delimited JSON over TCP.
+    Ndjson,
+    /// `POST /ingest`.
+    Http,
+}
+
+impl Source {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Cyrus => "cyrus",
+            Source::Dlist => "dlist",
+            Source::Ndjson => "ndjson",
+            Source::Http => "http",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EventLabels {
+    source: &'static str,
+    r#type: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RejectLabels {
+    source: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SlotLabels {
+    slot: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FormatLabels {
+    format: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// The most distinct slots (Cyrus `serverFQDN`s) given their own series; FastMail ran up to 40
+/// per machine. Later ones count under `other`.
+const MAX_SLOTS: usize = 128;
+
+/// Every metric mailpush exports.
+pub struct Metrics {
+    registry: Registry,
+    events_received: Family<EventLabels, Counter>,
+    slot_events: Family<SlotLabels, Counter>,
+    known_slots: RwLock<HashSet<String>>,
+    packets_rejected: Family<RejectLabels, Counter>,
+    state_updates: Counter,
+    connections: Gauge,
+    frames_sent: Family<FormatLabels, Counter>,
+    streams_refused: Family<ReasonLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("mailpush");
+        let events_received = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events_received",
+            "Events accepted, by source and type",
+            events_received.clone(),
+        );
+        let slot_events = Family::<SlotLabels, Counter>::default();
+        registry.register(
+            "slot_events",
+            "Events accepted, by Cyrus instance (serverFQDN)",
+            slot_events.clone(),
+        );
+        let packets_rejected = Family::<RejectLabels, Counter>::default();
+        registry.register(
+            "packets_rejected",
+            "Packets dropped as invalid, by source and reason",
+            packets_rejected.clone(),
+        );
+        let state_updates = Counter::default();
+        registry.register(
+            "state_updates",
+            "Events that raised a user's live state",
+            state_updates.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "eventsource_connections",
+            "EventSource connections open now",
+            connections.clone(),
+        );
+        let frames_sent = Family::<FormatLabels, Counter>::default();
+        registry.register(
+            "eventsource_events_sent",
+            "State events written to EventSource clients, by format",
+            frames_sent.clone(),
+        );
+        let streams_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "eventsource_refused",
+            "EventSource requests refused, by reason",
+            streams_refused.clone(),
+        );
+        Metrics {
+            registry,
+            events_received,
+            slot_events,
+            known_slots: RwLock::new(HashSet::new()),
+            packets_rejected,
+            state_updates,
+            connections,
+            frames_sent,
+            streams_refused,
+        }
+    }
+
+    /// Counts an accepted event.
+    pub fn event_received(&self, source: Source, kind: &'static str, slot: Option<&str>) {
+        self.events_received
+            .get_or_create(&EventLabels {
+                source: source.label(),
+                r#type: kind,
+            })
+            .inc();
+        if let Some(slot) = slot {
+            self.slot_events
+                .get_or_create(&SlotLabels {
+                    slot: self.slot_label(slot),
+                })
+                .inc();
+        }
+    }
+
+    /// Counts a dropped packet.
+    pub fn packet_rejected(&self, source: Source, reason: &'static str) {
+        self.packets_rejected
+            .get_or_create(&RejectLabels {
+                source: source.label(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Counts an event that moved a user's state.
+    pub fn state_updated(&self) {
+        self.state_updates.inc();
+    }
+
+    /// The counter a feed bumps for each state frame it writes.
+    pub fn frames_sent(&self, format: &'static str) -> Counter {
+        self.frames_sent
+            .get_or_create(&FormatLabels { format })
+            .clone()
+    }
+
+    /// Counts a refused EventSource request (`token_missing`, `user_limit`...).
+    pub fn stream_refused(&self, reason: &'static str) {
+        self.streams_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Renders the Prometheus text format; `connections` is read at render time.
+    pub fn render(&self, connections: usize) -> String {
+        self.connections
+            .set(i64::try_from(connections).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(error = %err, "cannot render metrics");
+        }
+        text
+    }
+
+    fn slot_label(&self, slot: &str) -> String {
+        let known = self
+            .known_slots
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if known.contains(slot) {
+            return slot.to_owned();
+        }
+        drop(known);
+        let mut known = self
+            .known_slots
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if known.len() < MAX_SLOTS {
+            known.insert(slot.to_owned());
+            slot.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts() {
+        let metrics = Metrics::new();
+        metrics.event_received(Source::Cyrus, "MessageNew", Some("slot1"));
+        metrics.event_received(Source::Cyrus, "MessageNew", Some("slot1"));
+        metrics.packet_rejected(Source::Dlist, "truncated");
+        let text = metrics.render(3);
+        assert!(
+            text.contains("mailpush_events_received_total{source=\"cyrus\",type=\"MessageNew\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mailpush_slot_events_total{slot=\"slot1\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "mailpush_packets_rejected_total{source=\"dlist\",reason=\"truncated\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("mailpush_eventsource_connections 3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn slots_are_capped() {
+        let metrics = Metrics::new();
+        for n in 0..MAX_SLOTS + 10 {
+            metrics.event_received(Source::Cyrus, "Login", Some(&format!("slot{n}")));
+        }
+        let text = metrics.render(0);
+        assert!(
+            text.contains("mailpush_slot_events_total{slot=\"other\"} 10"),
+            "{text}"
+        );
+    }
+}

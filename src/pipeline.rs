@@ -1,0 +1,53 @@
+//! The hand-off from ingest to everything downstream: count the event, route it, carry out
+//! the actions.
+//!
+//! Every listener calls [`Pipeline::dispatch`] from its receive loop, so it must never wait:
+//! state updates are a map lookup and a `watch` send. Later consumers (device pushes, slow
+//! jobs) get bounded queues with `try_send` here, never an `.await`.
+
+use std::sync::Arc;
+
+use crate::event::{Event, ParseError};
+use crate::metrics::{Metrics, Source};
+use crate::route::{Action, route};
+use crate::stream::StateHub;
+
+/// What ingest hands events to.
+pub struct Pipeline {
+    hub: Arc<StateHub>,
+    metrics: Arc<Metrics>,
+}
+
+impl Pipeline {
+    /// Connects ingest to live state and metrics.
+    pub fn new(hub: Arc<StateHub>, metrics: Arc<Metrics>) -> Pipeline {
+        Pipeline { hub, metrics }
+    }
+
+    /// Counts, routes and applies one event. Never blocks.
+    pub fn dispatch(&self, source: Source, event: Event) {
+        self.metrics
+            .event_received(source, event.kind.label(), event.slot.as_deref());
+        tracing::debug!(
+            source = source.label(),
+            event = %event.name,
+            owner = event.owner.as_deref().unwrap_or("-"),
+            slot = event.slot.as_deref().unwrap_or("-"),
+            "event received"
+        );
+        for action in route(&event) {
+            match action {
+                Action::UpdateState { user, change } => {
+                    if self.hub.apply(&user, &change) {
+                        self.metrics.state_updated();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a packet that could not be read; the caller logs it (rate-limited).
+    pub fn reject(&self, source: Source, error: &ParseError) {
+        self.metrics.packet_rejected(source, error.reason());
+    }
+}

@@ -1,0 +1,206 @@
+//! JMAP push over EventSource (RFC 8620 §7.3), served at `GET /jmap/eventsource`.
+//!
+//! A `state` event carries a StateChange with only the types that moved since the client's
+//! last state; `ping` events carry the interval and no id. The account id is the user id and
+//! each type's state string is the modseq of its kind, as Cyrus's JMAP reports it.
+
+use std::fmt::Write as _;
+
+use super::state::UserState;
+
+/// Which JMAP types a client asked for (`types=*` or a comma-separated list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeFilter {
+    wanted: Option<Vec<String>>,
+}
+
+/// The types mailpush reports, and which modseq each one follows.
+const TYPES: &[(&str, Source)] = &[
+    ("Mailbox", Source::Mail),
+    ("Email", Source::Mail),
+    ("Thread", Source::Mail),
+    ("EmailDelivery", Source::Delivered),
+    ("Calendar", Source::Calendar),
+    ("CalendarEvent", Source::Calendar),
+    ("AddressBook", Source::Contacts),
+    ("ContactCard", Source::Contacts),
+];
+
+#[derive(Clone, Copy)]
+enum Source {
+    Mail,
+    Delivered,
+    Calendar,
+    Contacts,
+}
+
+impl TypeFilter {
+    /// Parses the `types` parameter; an empty name in the list is an error.
+    pub fn parse(types: &str) -> Result<TypeFilter, &'static str> {
+        if types == "*" {
+            return Ok(TypeFilter { wanted: None });
+        }
+        let wanted: Vec<String> = types
+            .split(',')
+            .map(|name| name.trim().to_owned())
+            .collect();
+        if wanted.iter().any(String::is_empty) {
+            return Err("types must be * or a comma-separated list of type names");
+        }
+        Ok(TypeFilter {
+            wanted: Some(wanted),
+        })
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.wanted
+            .as_ref()
+            .is_none_or(|wanted| wanted.iter().any(|w| w == name))
+    }
+}
+
+/// Writes a `state` event for the types that moved from `seen` to `now`; writes nothing and
+/// returns false when none of the wanted types moved.
+pub fn encode_state(
+    user: &str,
+    seen: &UserState,
+    now: &UserState,
+    filter: &TypeFilter,
+    out: &mut String,
+) -> bool {
+    let mut changed = String::new();
+    for (name, source) in TYPES {
+        let (value, moved) = match source {
+            Source::Mail => (now.mail, now.mail > seen.mail),
+            Source::Delivered => (now.delivered, now.delivered > seen.mail.max(seen.delivered)),
+            Source::Calendar => (now.calendar, now.calendar > seen.calendar),
+            Source::Contacts => (now.contacts, now.contacts > seen.contacts),
+        };
+        if moved && filter.wants(name) {
+            let separator = if changed.is_empty() { "" } else { "," };
+            let _ = write!(changed, "{separator}\"{name}\":\"{value}\"");
+        }
+    }
+    if changed.is_empty() {
+        return false;
+    }
+    let account = serde_json::to_string(user).unwrap_or_else(|_| "\"\"".into());
+    let _ = write!(
+        out,
+        "event: state\nid: {}\ndata: {{\"@type\":\"StateChange\",\"changed\":{{{account}:{{{changed}}}}}}}\n\n",
+        now.event_id()
+    );
+    true
+}
+
+/// Writes a `ping` event; pings carry no id, so they never move a client's `Last-Event-ID`.
+pub fn encode_ping(interval_secs: u64, out: &mut String) {
+    let _ = write!(
+        out,
+        "event: ping\ndata: {{\"interval\":{interval_secs}}}\n\n"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(mail: u64, calendar: u64, contacts: u64, delivered: u64) -> UserState {
+        UserState {
+            mail,
+            calendar,
+            contacts,
+            delivered,
+        }
+    }
+
+    fn check(types: &str, seen: UserState, now: UserState, expect: Option<&str>) {
+        let mut out = String::new();
+        let filter = TypeFilter::parse(types).unwrap();
+        let wrote = encode_state("alice", &seen, &now, &filter, &mut out);
+        match expect {
+            Some(changed) => {
+                assert!(wrote);
+                assert_eq!(
+                    out,
+                    format!(
+                        "event: state\nid: {}\ndata: {{\"@type\":\"StateChange\",\"changed\":{{\"alice\":{{{changed}}}}}}}\n\n",
+                        now.event_id()
+                    )
+                );
+            }
+            None => assert!(!wrote && out.is_empty(), "{out}"),
+        }
+    }
+
+    #[test]
+    fn state_changes() {
+        let zero = UserState::default();
+        check(
+            "*",
+            zero,
+            state(5, 0, 0, 5),
+            Some(r#""Mailbox":"5","Email":"5","Thread":"5","EmailDelivery":"5""#),
+        );
+        // A flag change is no delivery.
+        check(
+            "*",
+            state(5, 0, 0, 5),
+            state(6, 0, 0, 5),
+            Some(r#""Mailbox":"6","Email":"6","Thread":"6""#),
+        );
+        check(
+            "*",
+            state(5, 1, 0, 5),
+            state(5, 2, 0, 5),
+            Some(r#""Calendar":"2","CalendarEvent":"2""#),
+        );
+        check(
+            "*",
+            zero,
+            state(0, 0, 3, 0),
+            Some(r#""AddressBook":"3","ContactCard":"3""#),
+        );
+        check(
+            "Email,EmailDelivery",
+            state(5, 0, 0, 5),
+            state(7, 9, 0, 7),
+            Some(r#""Email":"7","EmailDelivery":"7""#),
+        );
+        check("CalendarEvent", state(5, 0, 0, 5), state(7, 0, 0, 7), None);
+        check("*", state(5, 1, 1, 5), state(5, 1, 1, 5), None);
+    }
+
+    #[test]
+    fn filters() {
+        assert!(TypeFilter::parse("*").is_ok());
+        assert!(
+            TypeFilter::parse("Email, Mailbox")
+                .unwrap()
+                .wants("Mailbox")
+        );
+        assert!(TypeFilter::parse("Email,,Mailbox").is_err());
+        assert!(TypeFilter::parse("").is_err());
+    }
+
+    #[test]
+    fn ping() {
+        let mut out = String::new();
+        encode_ping(30, &mut out);
+        assert_eq!(out, "event: ping\ndata: {\"interval\":30}\n\n");
+    }
+
+    #[test]
+    fn account_ids_are_escaped() {
+        let mut out = String::new();
+        let filter = TypeFilter::parse("*").unwrap();
+        encode_state(
+            "we\"ird",
+            &UserState::default(),
+            &state(1, 0, 0, 0),
+            &filter,
+            &mut out,
+        );
+        assert!(out.contains(r#""we\"ird":{"#), "{out}");
+    }
+}

@@ -1,0 +1,289 @@
+//! Per-user latest-state cells: the one place live state lives.
+//!
+//! Web clients need the newest modseqs, not the history, so each user has one
+//! `tokio::sync::watch` cell and every EventSource connection of that user waits on it. A slow
+//! client just sees a newer value when it catches up: memory is O(users), whatever the event
+//! rate. Updates only raise values, so replays and out-of-order datagrams from several Cyrus
+//! processes never move a client backwards.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::route::StateChange;
+
+/// A user's modseqs as web clients see them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserState {
+    pub mail: u64,
+    pub calendar: u64,
+    pub contacts: u64,
+    /// Mail modseq of the latest delivery; it only matters relative to `mail`.
+    pub delivered: u64,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("too many EventSource connections for this user")]
+    UserLimit,
+    #[error("too many EventSource connections on this server")]
+    ServerLimit,
+}
+
+/// Every user's state cell, and the connection caps.
+pub struct StateHub {
+    /// The cells. A std mutex: every critical section is a map lookup with no `.await`.
+    users: Mutex<HashMap<Box<str>, watch::Sender<UserState>>>,
+    connections: Arc<AtomicUsize>,
+    max_connections: usize,
+    max_connections_per_user: usize,
+}
+
+/// A live connection's view of its user's cell; dropping it frees the connection's slot.
+pub struct Subscription {
+    pub receiver: watch::Receiver<UserState>,
+    _slot: ConnectionSlot,
+}
+
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl UserState {
+    /// Raises each value to the change's value when that is higher; returns whether anything
+    /// moved.
+    pub fn raise(&mut self, change: &StateChange) -> bool {
+        let before = *self;
+        let raise = |value: &mut u64, new: Option<u64>| *value = (*value).max(new.unwrap_or(0));
+        raise(&mut self.mail, change.mail);
+        raise(&mut self.calendar, change.calendar);
+        raise(&mut self.contacts, change.contacts);
+        raise(&mut self.delivered, change.delivered);
+        *self != before
+    }
+
+    /// Whether a client that saw `seen` has missed something.
+    pub fn is_newer_than(&self, seen: &UserState) -> bool {
+        self.mail > seen.mail || self.calendar > seen.calendar || self.contacts > seen.contacts
+    }
+
+    /// Whether anything is known about the user yet.
+    pub fn is_known(&self) -> bool {
+        *self != UserState::default()
+    }
+
+    /// The SSE `id:`: the three modseqs themselves (`m42c7a3`), so ids stay monotonic per user
+    /// across restarts and a reconnecting client's `Last-Event-ID` says exactly what it saw.
+    pub fn event_id(&self) -> String {
+        let mut id = String::with_capacity(24);
+        let _ = write!(id, "m{}c{}a{}", self.mail, self.calendar, self.contacts);
+        id
+    }
+
+    /// Reads a `Last-Event-ID` written by [`UserState::event_id`]; None for anything else,
+    /// which callers treat as "saw nothing".
+    pub fn from_event_id(id: &str) -> Option<UserState> {
+        let rest = id.strip_prefix('m')?;
+        let (mail, rest) = rest.split_once('c')?;
+        let (calendar, contacts) = rest.split_once('a')?;
+        let number = |text: &str| -> Option<u64> {
+            (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| text.parse().ok())?
+        };
+        let mail = number(mail)?;
+        Some(UserState {
+            mail,
+            calendar: number(calendar)?,
+            contacts: number(contacts)?,
+            // What the client saw includes every delivery up to its mail modseq.
+            delivered: mail,
+        })
+    }
+}
+
+impl StateHub {
+    /// An empty hub with the configured connection caps.
+    pub fn new(max_connections: usize, max_connections_per_user: usize) -> StateHub {
+        StateHub {
+            users: Mutex::new(HashMap::new()),
+            connections: Arc::new(AtomicUsize::new(0)),
+            max_connections,
+            max_connections_per_user,
+        }
+    }
+
+    /// Raises a user's state and wakes their connections if it moved; returns whether it did.
+    /// Never waits: this runs on the ingest path.
+    pub fn apply(&self, user: &str, change: &StateChange) -> bool {
+        let mut users = self
+            .users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match users.get(user) {
+            Some(cell) => cell.send_if_modified(|state| state.raise(change)),
+            None => {
+                let mut state = UserState::default();
+                let moved = state.raise(change);
+                if moved {
+                    users.insert(user.into(), watch::Sender::new(state));
+                }
+                moved
+            }
+        }
+    }
+
+    /// The user's current state (all zero when nothing is known).
+    pub fn current(&self, user: &str) -> UserState {
+        let users = self
+            .users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        users
+            .get(user)
+            .map(|cell| *cell.borrow())
+            .unwrap_or_default()
+    }
+
+    /// Opens a connection's view of the user's cell, within the caps.
+    pub fn subscribe(&self, user: &str) -> Result<Subscription, SubscribeError> {
+        let slot = self.take_slot()?;
+        let mut users = self
+            .users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let cell = users
+            .entry(user.into())
+            .or_insert_with(|| watch::Sender::new(UserState::default()));
+        if cell.receiver_count() >= self.max_connections_per_user {
+            return Err(SubscribeError::UserLimit);
+        }
+        Ok(Subscription {
+            receiver: cell.subscribe(),
+            _slot: slot,
+        })
+    }
+
+    /// EventSource connections open now.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    fn take_slot(&self) -> Result<ConnectionSlot, SubscribeError> {
+        let taken = self
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max_connections).then_some(open + 1)
+            });
+        match taken {
+            Ok(_) => Ok(ConnectionSlot(self.connections.clone())),
+            Err(_) => Err(SubscribeError::ServerLimit),
+        }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mail(modseq: u64) -> StateChange {
+        StateChange {
+            mail: Some(modseq),
+            ..StateChange::default()
+        }
+    }
+
+    #[test]
+    fn state_only_rises() {
+        let hub = StateHub::new(10, 10);
+        assert!(hub.apply("alice", &mail(5)));
+        assert!(!hub.apply("alice", &mail(3)));
+        assert!(!hub.apply("alice", &mail(5)));
+        assert!(hub.apply(
+            "alice",
+            &StateChange {
+                calendar: Some(2),
+                ..StateChange::default()
+            }
+        ));
+        assert_eq!(
+            hub.current("alice"),
+            UserState {
+                mail: 5,
+                calendar: 2,
+                contacts: 0,
+                delivered: 0
+            }
+        );
+        assert_eq!(hub.current("bob"), UserState::default());
+        assert!(!hub.apply("carol", &StateChange::default()));
+    }
+
+    #[test]
+    fn subscribers_wake_on_change_only() {
+        let hub = StateHub::new(10, 10);
+        let mut sub = hub.subscribe("alice").unwrap();
+        assert!(!sub.receiver.has_changed().unwrap());
+        hub.apply("alice", &mail(1));
+        assert!(sub.receiver.has_changed().unwrap());
+        assert_eq!(sub.receiver.borrow_and_update().mail, 1);
+        hub.apply("alice", &mail(1));
+        assert!(!sub.receiver.has_changed().unwrap());
+        hub.apply("bob", &mail(9));
+        assert!(!sub.receiver.has_changed().unwrap());
+    }
+
+    #[test]
+    fn caps() {
+        let hub = StateHub::new(3, 2);
+        let a1 = hub.subscribe("alice").unwrap();
+        let _a2 = hub.subscribe("alice").unwrap();
+        assert_eq!(
+            hub.subscribe("alice").err(),
+            Some(SubscribeError::UserLimit)
+        );
+        let _b1 = hub.subscribe("bob").unwrap();
+        assert_eq!(
+            hub.subscribe("carol").err(),
+            Some(SubscribeError::ServerLimit)
+        );
+        assert_eq!(hub.connections(), 3);
+        drop(a1);
+        assert_eq!(hub.connections(), 2);
+        assert!(hub.subscribe("alice").is_ok());
+    }
+
+    #[test]
+    fn event_ids_round_trip() {
+        let state = UserState {
+            mail: 42,
+            calendar: 7,
+            contacts: 3,
+            delivered: 40,
+        };
+        assert_eq!(state.event_id(), "m42c7a3");
+        let seen = UserState::from_event_id("m42c7a3").unwrap();
+        assert!(!state.is_newer_than(&seen));
+        assert_eq!(seen.delivered, 42);
+        for bad in [
+            "",
+            "m",
+            "42",
+            "m1c2",
+            "m1c2a",
+            "mxc2a3",
+            "m1c2a3x",
+            "m-1c2a3",
+            "m1c2a99999999999999999999",
+        ] {
+            assert_eq!(UserState::from_event_id(bad), None, "{bad}");
+        }
+    }
+}
