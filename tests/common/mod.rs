@@ -1,0 +1,236 @@
+//! Test harness: the real app on ephemeral ports (in-process or as the built binary), a real
+//! EventSource client, fixture loading, and waiting on conditions under a deadline.
+
+#![allow(dead_code)]
+
+pub mod server;
+pub mod sse;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mailpush::app::{self, Listeners};
+use mailpush::auth::TokenKeys;
+use mailpush::config::Config;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use sse::Sse;
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub const AUTH_SECRET: &str = "test-auth-secret-0123456789";
+pub const INGEST_SECRET: &str = "test-ingest-secret-0123456789";
+
+/// The fixture folder copied into the repo.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A running in-process mailpush on ephemeral ports with its own temp dir.
+pub struct TestApp {
+    pub http: SocketAddr,
+    pub ndjson: SocketAddr,
+    pub cyrus_socket: PathBuf,
+    pub dlist_socket: PathBuf,
+    pub dir: TempDir,
+    keys: TokenKeys,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Extra configuration for a [`TestApp`], as `MAILPUSH_*` pairs.
+#[derive(Default)]
+pub struct TestAppBuilder {
+    env: Vec<(String, String)>,
+}
+
+impl TestApp {
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder::default()
+    }
+
+    pub async fn start() -> TestApp {
+        TestApp::builder().start().await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// A valid token for `user`.
+    pub fn token(&self, user: &str) -> String {
+        self.keys.mint(user, 600, false).expect("mint token")
+    }
+
+    /// Opens the legacy EventSource stream for `user`.
+    pub async fn sse(&self, user: &str) -> Sse {
+        Sse::connect(&self.url("/events"), &self.token(user), None).await
+    }
+
+    /// Sends one datagram to the Cyrus socket (blocking send, as Cyrus does).
+    pub fn send_datagram(&self, bytes: &[u8]) {
+        send_datagram(&self.cyrus_socket, bytes);
+    }
+
+    /// The current `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// Stops the app and waits for it to drain.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(DEADLINE, task)
+                .await
+                .expect("app stops within the deadline")
+                .expect("app task")
+                .expect("app run");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl TestAppBuilder {
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub async fn start(self) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cyrus_socket = dir.path().join("notify.sock");
+        let dlist_socket = dir.path().join("dlist.sock");
+        let mut env = vec![
+            ("MAILPUSH_HTTP__LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+            (
+                "MAILPUSH_STORAGE__DATA_DIR".to_owned(),
+                dir.path().join("data").display().to_string(),
+            ),
+            (
+                "MAILPUSH_INGEST__CYRUS_SOCKET".to_owned(),
+                cyrus_socket.display().to_string(),
+            ),
+            (
+                "MAILPUSH_INGEST__CYRUS_DLIST_SOCKET".to_owned(),
+                dlist_socket.display().to_string(),
+            ),
+            (
+                "MAILPUSH_INGEST__NDJSON_LISTEN".to_owned(),
+                "127.0.0.1:0".to_owned(),
+            ),
+            (
+                "MAILPUSH_INGEST__SECRET".to_owned(),
+                INGEST_SECRET.to_owned(),
+            ),
+            ("MAILPUSH_AUTH__SECRET".to_owned(), AUTH_SECRET.to_owned()),
+        ];
+        env.extend(self.env);
+        let config = Config::load(None, env).expect("test config");
+        let keys = TokenKeys::load(&config.auth, &config.storage.data_dir).expect("token keys");
+        let listeners = Listeners::bind(&config).await.expect("bind listeners");
+        let http = listeners.http_addr().expect("http addr");
+        let ndjson = listeners.ndjson_addr().expect("ndjson addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app::run(config, listeners, async {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            http,
+            ndjson,
+            cyrus_socket,
+            dlist_socket,
+            dir,
+            keys,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
+
+/// Sends one datagram with a blocking socket and a write timeout: if mailpush stopped
+/// draining, the send fails instead of hanging the test.
+pub fn send_datagram(path: &Path, bytes: &[u8]) {
+    let socket = std::os::unix::net::UnixDatagram::unbound().expect("datagram socket");
+    socket
+        .set_write_timeout(Some(DEADLINE))
+        .expect("write timeout");
+    socket.send_to(bytes, path).expect("send datagram");
+}
+
+/// Waits until `check` returns true, polling, or panics at the deadline with `what`.
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads one sample from Prometheus text: `name{labels}` exactly as rendered; 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// The EVENT fixtures as (file name, datagram bytes), in capture order.
+pub fn datagram_fixtures(folder: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = fixtures().join(folder);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|err| panic!("read {}: {err}", dir.display()))
+        .map(|entry| entry.expect("dir entry").path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|ext| ext == "bin" || ext == "dlist")
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let name = path
+                .file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .into_owned();
+            (name, std::fs::read(&path).expect("read fixture"))
+        })
+        .collect()
+}
