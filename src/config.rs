@@ -58,6 +58,7 @@ pub struct IngestConfig {
     /// TCP address for newline-delimited JSON events; off when absent.
     pub ndjson_listen: Option<SocketAddr>,
     /// Bearer secret for `POST /ingest`; the endpoint answers 403 while it is absent.
+    #[serde(deserialize_with = "optional_secret")]
     pub secret: Option<Secret>,
     /// Largest event accepted, in bytes (datagrams are further capped at 64 KiB, Cyrus's own
     /// limit).
@@ -85,6 +86,7 @@ pub struct DatabaseConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// HS256 secret; when absent one is generated on first start and kept in the data dir.
+    #[serde(deserialize_with = "optional_secret")]
     pub secret: Option<Secret>,
     /// PEM public key (RSA or EC P-256) of a login service that signs RS256/ES256 tokens.
     pub public_key_file: Option<PathBuf>,
@@ -456,6 +458,12 @@ fn env_value(text: &str) -> toml::Value {
         ) => value,
         _ => toml::Value::String(text.to_owned()),
     }
+}
+
+/// An empty secret means "not set", so `MAILPUSH_INGEST__SECRET=` turns a secret off.
+fn optional_secret<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Secret>, D::Error> {
+    let secret = Option::<Secret>::deserialize(de)?;
+    Ok(secret.filter(|secret| !secret.expose().is_empty()))
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<PathBuf>, D::Error> {

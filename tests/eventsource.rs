@@ -23,7 +23,7 @@ fn datagram(user: &str, mail: u64, calendar: u64) -> Vec<u8> {
     .concat()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_clients_end_with_their_latest_state() {
     const USERS: u64 = 100;
     const CLIENTS: u64 = 1_000;
@@ -106,7 +106,7 @@ async fn thousand_clients_end_with_their_latest_state() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_with_last_event_id_gets_only_what_changed() {
     let app = TestApp::start().await;
     let token = app.token("alice");
@@ -138,7 +138,7 @@ async fn reconnect_with_last_event_id_gets_only_what_changed() {
     assert_eq!(empty.next_state().await, (1, 2, 0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_required_and_checked() {
     let app = TestApp::start().await;
     let url = app.url("/events");
@@ -227,7 +227,7 @@ async fn tokens_are_required_and_checked() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_caps_answer_429_and_free_up() {
     let app = TestApp::builder()
         .env("MAILPUSH_HTTP__MAX_CONNECTIONS_PER_USER", "2")
@@ -259,7 +259,7 @@ async fn connection_caps_answer_429_and_free_up() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jmap_stream_sends_state_changes_and_pings() {
     let app = TestApp::start().await;
     let token = app.token("alice");
@@ -307,7 +307,7 @@ async fn jmap_stream_sends_state_changes_and_pings() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_every_stream() {
     let app = TestApp::start().await;
     let mut streams = Vec::new();
@@ -324,7 +324,7 @@ async fn shutdown_ends_every_stream() {
         .expect("stop");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_headers_suit_proxies() {
     let app = TestApp::start().await;
     let response = Sse::request(&app.url("/events"), &app.token("alice"), None).await;

@@ -1,0 +1,147 @@
+//! The `mailpush` command line, run as a newcomer would: README's steps against the built
+//! binary, `check-config` and `token`.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::server::{Server, run_command};
+use common::{Sse, fixtures};
+
+/// The example program README tells newcomers to use; `cargo test` builds examples.
+fn example(name: &str) -> PathBuf {
+    let deps = std::env::current_exe().expect("test exe");
+    let profile = deps
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile dir");
+    profile.join("examples").join(name)
+}
+
+/// README's steps, in order: start on embedded defaults, mint a token, open the stream, send a
+/// fixture event with the example program, see it arrive. Only the HTTP port differs, so the
+/// test does not collide with anything on 8080.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newcomer_steps_from_readme() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let env = [("MAILPUSH_HTTP__LISTEN", "127.0.0.1:0".to_owned())];
+    let server = Server::start(dir.path(), &env, &[]);
+    assert!(
+        dir.path().join("run/notify.sock").exists(),
+        "default socket run/notify.sock"
+    );
+
+    let (status, token, stderr) = run_command(dir.path(), &env, &["token", "--user", "alice"]);
+    assert_eq!(status, 0, "{stderr}");
+    let token = token.strip_suffix('\n').expect("one line");
+    assert_eq!(
+        token.split('.').count(),
+        3,
+        "stdout is the JWT and nothing else: {token:?}"
+    );
+
+    let mut stream = Sse::connect(&server.url("/events"), token, None).await;
+    let fixture = fixtures().join("cyrus/008-MessageNew.bin");
+    let output = std::process::Command::new(example("send_event"))
+        .current_dir(dir.path())
+        .arg("run/notify.sock")
+        .arg(&fixture)
+        .output()
+        .expect("run examples/send_event: plain `cargo test` builds it, or run `cargo build --examples`");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stream.next_state().await, (4, 0, 0));
+
+    let secret = dir.path().join("data/auth.secret");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&secret)
+            .expect("generated secret")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !dir.path().join("run/notify.sock").exists(),
+        "socket file removed at exit"
+    );
+}
+
+#[test]
+fn check_config_redacts_secrets_and_names_bad_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = "a-very-secret-value-123".to_owned();
+    let (status, stdout, _) = run_command(
+        dir.path(),
+        &[("MAILPUSH_AUTH__SECRET", secret.clone())],
+        &["check-config"],
+    );
+    assert_eq!(status, 0);
+    assert!(
+        stdout.contains("[http]") && stdout.contains("listen = \"127.0.0.1:8080\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("secret = \"<redacted>\""), "{stdout}");
+    assert!(!stdout.contains(&secret), "{stdout}");
+
+    let (status, _, stderr) = run_command(
+        dir.path(),
+        &[("MAILPUSH_HTTP__LISTEN", "nowhere".into())],
+        &["check-config"],
+    );
+    assert_eq!(status, 64);
+    assert!(stderr.contains("http.listen"), "{stderr}");
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[ingest]\ncyrus_socket_mode = \"rwx\"\n",
+    )
+    .expect("write");
+    let (status, _, stderr) =
+        run_command(dir.path(), &[], &["check-config", "--config", "bad.toml"]);
+    assert_eq!(status, 64);
+    assert!(stderr.contains("ingest.cyrus_socket_mode"), "{stderr}");
+    let (status, _, stderr) = run_command(dir.path(), &[], &["serve", "--config", "bad.toml"]);
+    assert_eq!(status, 64, "serve refuses a bad config too: {stderr}");
+
+    // mailpush.toml in the working directory is read without --config.
+    std::fs::write(
+        dir.path().join("mailpush.toml"),
+        "[http]\nlisten = \"127.0.0.1:9999\"\n",
+    )
+    .expect("write");
+    let (status, stdout, _) = run_command(dir.path(), &[], &["check-config"]);
+    assert_eq!(status, 0);
+    assert!(stdout.contains("listen = \"127.0.0.1:9999\""), "{stdout}");
+}
+
+#[test]
+fn token_uses_the_configured_secret_and_ttl() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = "configured-secret-for-tokens";
+    let env = [("MAILPUSH_AUTH__SECRET", secret.to_owned())];
+    let (status, stdout, _) = run_command(
+        dir.path(),
+        &env,
+        &["token", "--user", "bob", "--ttl", "120"],
+    );
+    assert_eq!(status, 0);
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    let key = jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()).expect("key");
+    let data = jsonwebtoken::decode::<serde_json::Value>(stdout.trim(), &key, &validation)
+        .expect("valid token");
+    assert_eq!(data.claims["sub"], "bob");
+    let ttl = data.claims["exp"].as_u64().unwrap() - data.claims["iat"].as_u64().unwrap();
+    assert_eq!(ttl, 120);
+    assert!(
+        !dir.path().join("data/auth.secret").exists(),
+        "a configured secret is not written to disk"
+    );
+
+    let (status, _, stderr) = run_command(dir.path(), &env, &["token"]);
+    assert_ne!(status, 0, "--user is required: {stderr}");
+}
