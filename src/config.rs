@@ -35,7 +35,8 @@ pub struct HttpConfig {
     pub max_connections_per_user: usize,
     /// Seconds between keepalive comments on an idle stream (proxies drop idle streams at 60 s).
     pub keepalive_secs: u64,
-    /// Reconnection delay suggested to clients with `retry:`, in milliseconds.
+    /// Reconnection delay suggested to clients with `retry:`, in milliseconds; each stream
+    /// adds up to 20 % so that clients dropped together come back spread out.
     pub retry_ms: u64,
     /// Largest request body accepted, for `POST /ingest`.
     pub max_body_bytes: usize,

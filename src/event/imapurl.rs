@@ -6,6 +6,8 @@
 
 use percent_encoding::percent_decode_str;
 
+use super::strip_prefix_ignore_case;
+
 /// The mailbox an event is about, read from its IMAP URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxRef {
@@ -118,20 +120,20 @@ fn find_ignore_case(haystack: &str, needle: &str) -> Option<usize> {
         .position(|window| window.eq_ignore_ascii_case(needle))
 }
 
-fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &text[prefix.len()..])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn check(
-        uri: &str,
-        expect: Option<(&str, Option<&str>, Option<&str>, Option<u32>, Option<u32>)>,
-    ) {
+    /// name, owner, folder, uidvalidity, uid
+    type Expected<'a> = (
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<u32>,
+        Option<u32>,
+    );
+
+    fn check(uri: &str, expect: Option<Expected<'_>>) {
         let parsed = parse(uri).unwrap_or_else(|err| panic!("{uri}: {err}"));
         let got = parsed.as_ref().map(|m| {
             (

@@ -15,8 +15,6 @@ pub mod packet;
 pub mod parse;
 pub mod rfc2047;
 
-use serde_json::value::RawValue;
-
 pub use envelope::Envelope;
 pub use imapurl::MailboxRef;
 pub use packet::{Class, Notification};
@@ -55,8 +53,9 @@ pub struct Event {
     pub counters: Option<Counters>,
     /// Sender and subject for display (from `vnd.fastmail.jmapEmail`, else `vnd.cmu.envelope`).
     pub envelope: Option<Envelope>,
-    /// The whole JSON body, untouched, so later consumers can read fields not typed here.
-    pub raw: Option<Box<RawValue>>,
+    /// The whole JSON body, untouched and known to be valid JSON, so later consumers can read
+    /// fields not typed here.
+    pub raw: Option<Box<str>>,
     /// The notify packet header and non-JSON body (SIEVE, MAIL), when the event came as one.
     pub notification: Option<Notification>,
 }
@@ -225,7 +224,8 @@ impl Counters {
     }
 }
 
-fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+/// `str::strip_prefix`, ignoring ASCII case.
+pub(crate) fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     let head = text.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
         .then(|| &text[prefix.len()..])

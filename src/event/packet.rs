@@ -139,10 +139,17 @@ impl<'a> Fields<'a> {
 mod tests {
     use super::*;
 
-    fn check(
-        bytes: &[u8],
-        expect: Result<(&str, Class, &str, Vec<&str>, &str, Option<&str>), ParseError>,
-    ) {
+    /// method, class, user, options, message, fname
+    type Expected<'a> = (
+        &'a str,
+        Class,
+        &'a str,
+        Vec<&'a str>,
+        &'a str,
+        Option<&'a str>,
+    );
+
+    fn check(bytes: &[u8], expect: Result<Expected<'_>, ParseError>) {
         let got = from_datagram(bytes).map(|n| {
             (
                 n.method.clone(),
@@ -169,7 +176,7 @@ mod tests {
     #[test]
     fn datagram_layouts() {
         check(
-            b"mailpush\0EVENT\0\0\0\0000\0{\"event\":\"Login\"}\0",
+            b"mailpush\0EVENT\0\0\0\0\x30\0{\"event\":\"Login\"}\0",
             Ok((
                 "mailpush",
                 Class::Event,
@@ -204,7 +211,7 @@ mod tests {
     fn bad_datagrams() {
         check(b"", Err(ParseError::Truncated("method")));
         check(
-            b"mailpush\0EVENT\0\0\0\0000\0{\"event\"",
+            b"mailpush\0EVENT\0\0\0\0\x30\0{\"event\"",
             Err(ParseError::Truncated("message")),
         );
         check(
@@ -212,7 +219,7 @@ mod tests {
             Err(ParseError::Truncated("nopt")),
         );
         check(
-            b"m\0SIEVE\0\0\0\0002\0one\0",
+            b"m\0SIEVE\0\0\0\0\x32\0one\0",
             Err(ParseError::Truncated("option")),
         );
         check(

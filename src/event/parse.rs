@@ -51,9 +51,10 @@ impl ParseError {
 
 /// Parses one RFC 5423 event given as a JSON object (NDJSON lines, `POST /ingest`).
 pub fn from_json(json: String) -> Result<Event, ParseError> {
-    let raw = RawValue::from_string(json).map_err(|err| ParseError::Json(err.to_string()))?;
-    let mut event = event_from_raw_json(&raw)?;
-    event.raw = Some(raw);
+    // Reading the typed fields checks the whole text's syntax, so the text is kept as it is
+    // rather than parsed a second time into a RawValue.
+    let mut event = event_from_json_text(&json)?;
+    event.raw = Some(json.into_boxed_str());
     Ok(event)
 }
 
@@ -71,10 +72,10 @@ pub fn from_notification(mut notification: Notification) -> Result<Event, ParseE
         }
         Class::Imip => {
             let json = std::mem::take(&mut notification.message);
-            let raw =
-                RawValue::from_string(json).map_err(|err| ParseError::Json(err.to_string()))?;
+            serde_json::from_str::<serde::de::IgnoredAny>(&json)
+                .map_err(|err| ParseError::Json(err.to_string()))?;
             let mut event = bare_event(Class::Imip, "IMIP".into(), Kind::Imip, packet_user);
-            event.raw = Some(raw);
+            event.raw = Some(json.into_boxed_str());
             event
         }
         Class::Sieve => bare_event(Class::Sieve, "SIEVE".into(), Kind::SieveNotify, packet_user),
@@ -187,13 +188,13 @@ struct JmapAddress<'a> {
     email: Option<Cow<'a, str>>,
 }
 
-fn event_from_raw_json(raw: &RawValue) -> Result<Event, ParseError> {
+fn event_from_json_text(json: &str) -> Result<Event, ParseError> {
     // A derived struct would also accept a JSON array (by position); events are objects.
-    if !raw.get().starts_with('{') {
+    if !json.trim_start().starts_with('{') {
         return Err(ParseError::Json("an event must be a JSON object".into()));
     }
     let wire: WireEvent<'_> =
-        serde_json::from_str(raw.get()).map_err(|err| ParseError::Json(err.to_string()))?;
+        serde_json::from_str(json).map_err(|err| ParseError::Json(err.to_string()))?;
     let name = wire
         .event
         .filter(|name| !name.is_empty())
@@ -382,7 +383,7 @@ mod tests {
         let envelope = event.envelope.unwrap();
         assert_eq!(envelope.subject.as_deref(), Some("Hi"));
         assert_eq!(envelope.from_name.as_deref(), Some("Bob"));
-        assert!(event.raw.unwrap().get().contains("x-unknown"));
+        assert!(event.raw.unwrap().contains("x-unknown"));
     }
 
     #[test]
@@ -475,7 +476,7 @@ mod tests {
             (event.kind, event.owner.as_deref()),
             (Kind::Imip, Some("alice"))
         );
-        assert_eq!(event.raw.as_ref().unwrap().get(), "{\"recipient\":\"x\"}");
+        assert_eq!(event.raw.as_deref(), Some("{\"recipient\":\"x\"}"));
         assert_eq!(event.notification.as_ref().unwrap().message, "");
 
         let bad = packet::from_datagram(b"m\0EVENT\0\0\0\x000\0{oops}\0").unwrap();

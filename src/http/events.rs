@@ -135,7 +135,7 @@ fn open_stream(
         .and_then(|id| UserState::from_event_id(id.trim()));
     let options = FeedOptions {
         format,
-        retry_ms: state.retry_ms,
+        retry_ms: retry_with_jitter(state.retry_ms),
         keepalive: state.keepalive,
         sent: state.metrics.frames_sent(format_label),
     };
@@ -152,9 +152,36 @@ fn open_stream(
         })
 }
 
+/// Adds up to 20 % to the reconnection delay, so that clients dropped together (a restart, a
+/// proxy reload) do not all come back in the same millisecond.
+fn retry_with_jitter(retry_ms: u64) -> u64 {
+    use std::hash::BuildHasher;
+    let spread = retry_ms / 5;
+    // Each RandomState has fresh keys, which is randomness enough for spreading reconnects.
+    let random = std::collections::hash_map::RandomState::new().hash_one(retry_ms);
+    retry_ms + random % (spread + 1)
+}
+
 fn bad_query(rejection: QueryRejection) -> ApiError {
     ApiError::BadRequest {
         code: "invalid_query",
         message: rejection.body_text(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_jitter_stays_within_a_fifth() {
+        let values: std::collections::HashSet<u64> =
+            (0..200).map(|_| retry_with_jitter(5000)).collect();
+        assert!(
+            values.iter().all(|v| (5000..=6000).contains(v)),
+            "{values:?}"
+        );
+        assert!(values.len() > 10, "spread out: {values:?}");
+        assert_eq!(retry_with_jitter(0), 0);
     }
 }

@@ -119,28 +119,16 @@ async fn serve(
             read = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut chunk)) => read,
         };
         match read {
-            Ok(Ok(0)) => {
-                if !buffer.is_empty() {
-                    reject_log.reject(
-                        pipeline,
-                        &ParseError::Truncated("dlist record"),
-                        buffer.len(),
-                    );
-                }
-                return;
-            }
-            Ok(Ok(n)) => buffer.extend_from_slice(&chunk[..n]),
+            Ok(Ok(n)) if n > 0 => buffer.extend_from_slice(&chunk[..n]),
             Ok(Err(err)) => {
                 tracing::debug!(error = %err, "dlist connection read failed");
                 return;
             }
-            Err(_elapsed) => {
+            // End of stream or idle timeout: a partial record is counted as truncated.
+            Ok(Ok(_)) | Err(_) => {
                 if !buffer.is_empty() {
-                    reject_log.reject(
-                        pipeline,
-                        &ParseError::Truncated("dlist record"),
-                        buffer.len(),
-                    );
+                    let err = ParseError::Truncated("dlist record");
+                    reject_log.reject(pipeline, &err, buffer.len());
                 }
                 return;
             }

@@ -82,7 +82,7 @@ impl Server {
         Server {
             child,
             http: field(&line, "http=").expect("http address in the listening line"),
-            ndjson: field(&line, "ndjson=Some(").or_else(|| None),
+            ndjson: field(&line, "ndjson=Some("),
             log,
         }
     }
@@ -123,8 +123,6 @@ impl Drop for Server {
 fn field(line: &str, prefix: &str) -> Option<SocketAddr> {
     let start = line.find(prefix)? + prefix.len();
     let rest = &line[start..];
-    let end = rest
-        .find(|c: char| c == ' ' || c == ')')
-        .unwrap_or(rest.len());
+    let end = rest.find([' ', ')']).unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
