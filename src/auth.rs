@@ -254,6 +254,72 @@ mod tests {
         assert_eq!(keys_a.verify(&empty_sub), Err(AuthError::Invalid));
     }
 
+    /// A login service's keys, generated at test time: ES256 and RS256 tokens verify with the
+    /// public key alone, other keys and other algorithms do not, and HS256 keeps working.
+    #[test]
+    fn public_key_tokens() {
+        let cases = [
+            (Algorithm::ES256, &rcgen::PKCS_ECDSA_P256_SHA256),
+            (Algorithm::RS256, &rcgen::PKCS_RSA_SHA256),
+        ];
+        for (algorithm, generator) in cases {
+            let login_key = rcgen::KeyPair::generate_for(generator).unwrap();
+            let other_key = rcgen::KeyPair::generate_for(generator).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let public_pem = dir.path().join("login.pub.pem");
+            fs::write(&public_pem, login_key.public_key_pem()).unwrap();
+            let config = AuthConfig {
+                secret: Some(Secret::new("0123456789abcdef0123")),
+                public_key_file: Some(public_pem),
+                ..AuthConfig::default()
+            };
+            let keys = TokenKeys::load(&config, dir.path()).unwrap();
+            let sign = |key: &rcgen::KeyPair| {
+                let pem = key.serialize_pem();
+                let encoding = match algorithm {
+                    Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+                    _ => EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+                };
+                let claims = Claims {
+                    sub: "alice".into(),
+                    exp: unix_now() + 60,
+                    iat: None,
+                    admin: false,
+                };
+                jsonwebtoken::encode(&Header::new(algorithm), &claims, &encoding).unwrap()
+            };
+            assert_eq!(
+                keys.verify(&sign(&login_key)).unwrap().sub,
+                "alice",
+                "{algorithm:?}"
+            );
+            assert_eq!(
+                keys.verify(&sign(&other_key)),
+                Err(AuthError::Invalid),
+                "{algorithm:?}"
+            );
+            assert_eq!(
+                keys.verify(&keys.mint("bob", 60, false).unwrap())
+                    .unwrap()
+                    .sub,
+                "bob"
+            );
+        }
+    }
+
+    #[test]
+    fn public_key_file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-a-key.pem");
+        fs::write(&path, "hello").unwrap();
+        let config = AuthConfig {
+            public_key_file: Some(path),
+            ..AuthConfig::default()
+        };
+        let err = TokenKeys::load(&config, dir.path()).err().unwrap();
+        assert!(err.to_string().contains("not-a-key.pem"), "{err}");
+    }
+
     #[test]
     fn generated_secret_is_private_and_reused() {
         let dir = tempfile::tempdir().unwrap();

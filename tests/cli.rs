@@ -55,6 +55,21 @@ async fn newcomer_steps_from_readme() {
     );
     assert_eq!(stream.next_state().await, (4, 0, 0));
 
+    // send_event wraps a JSON event in the Cyrus packet layout.
+    let json = r#"{"event":"MessageNew","uri":"imap://h/user/alice;UIDVALIDITY=1/;UID=9","modseq":9,"vnd.cmu.mbtype":"e"}"#;
+    std::fs::write(dir.path().join("event.json"), format!("{json}\n")).expect("write event");
+    let output = std::process::Command::new(example("send_event"))
+        .current_dir(dir.path())
+        .args(["run/notify.sock", "event.json"])
+        .output()
+        .expect("run examples/send_event");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stream.next_state().await, (9, 0, 0));
+
     let secret = dir.path().join("data/auth.secret");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&secret)

@@ -6,7 +6,7 @@
 //! words ([`rfc2047`]). It never does I/O and never panics on input: a packet is either an
 //! `Event` or a [`ParseError`] whose reason is fit for a log line and a metric label.
 //!
-//! An `Event` is built once, shared as `Arc<Event>`, and handed to `route`.
+//! An `Event` is built once, on the receive path, and handed through `pipeline` to `route`.
 
 pub mod dlist;
 pub mod envelope;

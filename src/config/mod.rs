@@ -1,0 +1,288 @@
+//! The configuration tree: embedded defaults, then a TOML file, then `MAILPUSH_<SECTION>__<KEY>`
+//! environment variables, validated once at start-up.
+//!
+//! Every key in here is public interface (`mailpush.example.toml` lists them all). A bad value
+//! is reported with its dotted key so that `check-config` and start-up can say exactly what to
+//! fix. Secrets are held in [`Secret`], which never prints its value. This file holds the tree
+//! and its defaults; `load.rs` builds and checks it.
+
+mod load;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The whole configuration; each module is handed only its own section.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub ingest: IngestConfig,
+    pub storage: StorageConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+/// The HTTP listener and the EventSource endpoints.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address for the HTTP API and EventSource streams.
+    pub listen: SocketAddr,
+    /// EventSource connections allowed in total; more get 429.
+    pub max_connections: usize,
+    /// EventSource connections allowed per user (browser tabs, devices); more get 429.
+    pub max_connections_per_user: usize,
+    /// Seconds between keepalive comments on an idle stream (proxies drop idle streams at 60 s).
+    pub keepalive_secs: u64,
+    /// Reconnection delay suggested to clients with `retry:`, in milliseconds; each stream
+    /// adds up to 20 % so that clients dropped together come back spread out.
+    pub retry_ms: u64,
+    /// Largest request body accepted, for `POST /ingest`.
+    pub max_body_bytes: usize,
+}
+
+/// Where events come from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Datagram socket(s) that Cyrus's `notifysocket` points at: one path or a list (one per
+    /// Cyrus instance if they do not share one). An empty list turns datagram ingest off.
+    #[serde(deserialize_with = "one_or_many")]
+    pub cyrus_socket: Vec<PathBuf>,
+    /// Octal mode of the socket files; Cyrus runs as its own user and must be able to write.
+    pub cyrus_socket_mode: String,
+    /// Group (name or numeric id) given to the socket files, e.g. the group Cyrus runs in.
+    pub cyrus_socket_group: Option<String>,
+    /// Stream socket for Cyrus's `notifysocket: dlist:<path>` form; off when absent.
+    pub cyrus_dlist_socket: Option<PathBuf>,
+    /// TCP address for newline-delimited JSON events; off when absent.
+    pub ndjson_listen: Option<SocketAddr>,
+    /// Bearer secret for `POST /ingest`; the endpoint answers 403 while it is absent.
+    #[serde(deserialize_with = "optional_secret")]
+    pub secret: Option<Secret>,
+    /// Largest event accepted, in bytes (datagrams are further capped at 64 KiB, Cyrus's own
+    /// limit).
+    pub max_event_bytes: usize,
+}
+
+/// Where mailpush keeps its files.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Folder for the generated token secret and the embedded SQLite database.
+    pub data_dir: PathBuf,
+}
+
+/// The database used by the device registry and the job queue.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite:` or `postgres://` URL; default: `sqlite://<data_dir>/mailpush.db`.
+    pub url: Option<DatabaseUrl>,
+}
+
+/// Client tokens.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 secret; when absent one is generated on first start and kept in the data dir.
+    #[serde(deserialize_with = "optional_secret")]
+    pub secret: Option<Secret>,
+    /// PEM public key (RSA or EC P-256) of a login service that signs RS256/ES256 tokens.
+    pub public_key_file: Option<PathBuf>,
+    /// Cookie that may carry the token, for browsers whose EventSource cannot set headers.
+    pub cookie_name: String,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `mailpush=debug,info`...
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// Human-readable lines for a terminal, or one JSON object per line for a log pipeline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A value that must never reach a log or the terminal; it prints as `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+/// A database URL; it prints with its password replaced by `<redacted>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+/// A configuration problem, named by its dotted key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_connections: 10_000,
+            max_connections_per_user: 20,
+            keepalive_secs: 25,
+            retry_ms: 5_000,
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            cyrus_socket: vec![PathBuf::from("run/notify.sock")],
+            cyrus_socket_mode: "0660".into(),
+            cyrus_socket_group: None,
+            cyrus_dlist_socket: None,
+            ndjson_listen: None,
+            secret: None,
+            max_event_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            secret: None,
+            public_key_file: None,
+            cookie_name: "mailpush_token".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that needs it (signing, comparing, connecting).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    /// Accepts numbers too: an environment value like `123456` parses as a TOML integer.
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Integer(i64),
+        }
+        Ok(match Raw::deserialize(de)? {
+            Raw::Text(text) => Secret(text),
+            Raw::Integer(n) => Secret(n.to_string()),
+        })
+    }
+}
+
+impl DatabaseUrl {
+    /// The URL with its password, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url_password(&self.0))
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&redact_url_password(&self.0))
+    }
+}
+
+/// An empty secret means "not set", so `MAILPUSH_INGEST__SECRET=` turns a secret off.
+fn optional_secret<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Secret>, D::Error> {
+    let secret = Option::<Secret>::deserialize(de)?;
+    Ok(secret.filter(|secret| !secret.expose().is_empty()))
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(de)? {
+        OneOrMany::One(path) if path.as_os_str().is_empty() => Vec::new(),
+        OneOrMany::One(path) => vec![path],
+        OneOrMany::Many(paths) => paths,
+    })
+}
+
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest
+        .split_once('/')
+        .map_or((rest, None), |(a, t)| (a, Some(t)));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let Some((user, _password)) = userinfo.split_once(':') else {
+        return url.to_owned();
+    };
+    let mut shown = format!("{scheme}://{user}:<redacted>@{host}");
+    if let Some(tail) = tail {
+        shown.push('/');
+        shown.push_str(tail);
+    }
+    shown
+}
