@@ -118,11 +118,7 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn field(&mut self, name: &'static str) -> Result<&'a [u8], ParseError> {
-        let end = self
-            .rest
-            .iter()
-            .position(|b| *b == 0)
-            .ok_or(ParseError::Truncated(name))?;
+        let end = memchr::memchr(0, self.rest).ok_or(ParseError::Truncated(name))?;
         let (field, rest) = self.rest.split_at(end);
         self.rest = &rest[1..];
         Ok(field)

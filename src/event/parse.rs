@@ -160,13 +160,9 @@ struct WireEvent<'a> {
         deserialize_with = "lenient::text"
     )]
     counters: Option<Cow<'a, str>>,
-    #[serde(
-        rename = "vnd.cmu.envelope",
-        borrow,
-        default,
-        deserialize_with = "lenient::text"
-    )]
-    envelope: Option<Cow<'a, str>>,
+    /// Kept raw: it is only decoded (it is full of escaped quotes) when jmapEmail is absent.
+    #[serde(rename = "vnd.cmu.envelope", borrow, default)]
+    envelope: Option<&'a RawValue>,
     #[serde(rename = "vnd.fastmail.jmapEmail", borrow, default)]
     jmap_email: Option<&'a RawValue>,
 }
@@ -218,7 +214,7 @@ fn event_from_json_text(json: &str) -> Result<Event, ParseError> {
     let envelope = wire
         .jmap_email
         .and_then(envelope_from_jmap)
-        .or_else(|| wire.envelope.as_deref().map(envelope::parse));
+        .or_else(|| envelope_from_imap(wire.envelope?));
     Ok(Event {
         class: Class::Event,
         name: name.into_owned(),
@@ -258,6 +254,12 @@ fn envelope_from_jmap(raw: &RawValue) -> Option<Envelope> {
         from_name,
         from_address,
     })
+}
+
+/// Reads sender and subject from the IMAP ENVELOPE string; None when it is not a string.
+fn envelope_from_imap(raw: &RawValue) -> Option<Envelope> {
+    let text: Cow<'_, str> = serde_json::from_str(raw.get()).ok()?;
+    Some(envelope::parse(&text))
 }
 
 fn non_empty(text: &str) -> Option<String> {
