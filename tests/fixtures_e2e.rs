@@ -252,10 +252,15 @@ async fn dlist_fixtures_reach_the_owner_only_and_are_acknowledged() {
     );
 }
 
+/// The JSON body of a marker datagram (between the header and the final NUL).
+fn marker_json(datagram: &[u8]) -> &[u8] {
+    let start = datagram.iter().position(|b| *b == b'{').expect("json");
+    &datagram[start..datagram.len() - 1]
+}
+
 /// Rewrites a marker datagram in dlist form.
 fn to_dlist(datagram: &[u8]) -> Vec<u8> {
-    let json_start = datagram.iter().position(|b| *b == b'{').expect("json");
-    let json = &datagram[json_start..datagram.len() - 1];
+    let json = marker_json(datagram);
     let mut record = format!("NOTIFY %(METHOD mailpush CLASS EVENT PRIORITY NIL USER NIL MAILBOX NIL OPTIONS () MESSAGE {{{}+}}\r\n", json.len()).into_bytes();
     record.extend_from_slice(json);
     record.extend_from_slice(b" FILEPATH NIL)\r\n");
@@ -279,12 +284,11 @@ async fn ndjson_events_reach_the_owner_only() {
         .expect("connect ndjson");
     let send_line = |bytes: &[u8]| {
         let line = if bytes.starts_with(b"mailpush\0") {
-            let start = bytes.iter().position(|b| *b == b'{').expect("json");
-            bytes[start..bytes.len() - 1].to_vec()
+            marker_json(bytes)
         } else {
-            bytes.to_vec()
+            bytes
         };
-        stream.write_all(&line).expect("write");
+        stream.write_all(line).expect("write");
         stream.write_all(b"\n").expect("newline");
     };
     replay(&setup, &fixtures, DATAGRAM_STATES, send_line).await;

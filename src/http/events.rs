@@ -146,10 +146,7 @@ fn open_stream(
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
         .body(Body::from_stream(frames))
-        .map_err(|err| ApiError::BadRequest {
-            code: "internal",
-            message: err.to_string(),
-        })
+        .map_err(|err| ApiError::Internal(format!("cannot build the stream response: {err}")))
 }
 
 /// Adds up to 20 % to the reconnection delay, so that clients dropped together (a restart, a

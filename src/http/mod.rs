@@ -88,6 +88,9 @@ pub enum ApiError {
     Forbidden { code: &'static str, message: String },
     #[error("request body is larger than the limit")]
     TooLarge,
+    /// A fault of ours; the detail goes to the log, the client gets a generic message.
+    #[error("internal error")]
+    Internal(String),
 }
 
 #[derive(Serialize)]
@@ -110,6 +113,7 @@ impl ApiError {
             ApiError::Unauthorized { code, .. } => (StatusCode::UNAUTHORIZED, code),
             ApiError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }
@@ -117,7 +121,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        tracing::debug!(status = status.as_u16(), code, error = %self, "request refused");
+        match &self {
+            ApiError::Internal(detail) => tracing::error!(error = %detail, "request failed"),
+            _ => tracing::debug!(status = status.as_u16(), code, error = %self, "request refused"),
+        }
         let body = ErrorBody {
             code,
             message: self.to_string(),
