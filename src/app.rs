@@ -22,6 +22,8 @@ use crate::http::{self, HttpState};
 use crate::ingest::{self, socket::SocketAccess};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::push::DeviceCache;
+use crate::store::Store;
 use crate::stream::StateHub;
 
 /// How long tasks get to finish after shutdown begins.
@@ -90,6 +92,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let keys = Arc::new(TokenKeys::load(&config.auth, &config.storage.data_dir)?);
+    let database_url = config.database.url.as_ref().map(|url| url.expose());
+    let store = Store::connect(database_url, &config.default_database_file()).await?;
+    let devices = Arc::new(DeviceCache::new(
+        store.all_devices().await.context("cannot load devices")?,
+    ));
+    tracing::info!(
+        database = store.backend(),
+        devices = devices.len(),
+        "database ready"
+    );
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(StateHub::new(
         config.http.max_connections,
@@ -144,6 +156,9 @@ pub async fn run(
         retry_ms: config.http.retry_ms,
         keepalive: Duration::from_secs(config.http.keepalive_secs),
         shutdown: cancel.clone(),
+        store,
+        devices,
+        max_devices_per_user: config.push.max_devices_per_user,
     });
     let router = http::router(state, config.http.max_body_bytes);
     let server_cancel = cancel.clone();

@@ -13,6 +13,8 @@
 //! - [`route`]: `Event → Vec<Action>`, pure.
 //! - [`stream`]: per-user latest-state cells and the EventSource frame formats.
 //! - [`http`]: the axum router: EventSource endpoints, `POST /ingest`, health, metrics.
+//! - [`store`]: the database (SQLite or PostgreSQL): registered devices.
+//! - [`push`]: device pushes; the in-memory device cache.
 //! - [`auth`]: client tokens; the only module that sees the token secret.
 //! - [`config`], [`metrics`], [`app`] (start-up and shutdown).
 
@@ -24,5 +26,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
+pub mod push;
 pub mod route;
+pub mod store;
 pub mod stream;

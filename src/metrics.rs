@@ -80,7 +80,7 @@ pub struct Metrics {
     state_updates: Counter,
     connections: Gauge,
     frames_sent: Family<FormatLabels, Counter>,
-    streams_refused: Family<ReasonLabels, Counter>,
+    requests_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -129,11 +129,11 @@ impl Metrics {
             "State events written to EventSource clients, by format",
             frames_sent.clone(),
         );
-        let streams_refused = Family::<ReasonLabels, Counter>::default();
+        let requests_refused = Family::<ReasonLabels, Counter>::default();
         registry.register(
-            "eventsource_refused",
-            "EventSource requests refused, by reason",
-            streams_refused.clone(),
+            "requests_refused",
+            "Client requests refused (EventSource, devices), by reason",
+            requests_refused.clone(),
         );
         Metrics {
             registry,
@@ -144,7 +144,7 @@ impl Metrics {
             state_updates,
             connections,
             frames_sent,
-            streams_refused,
+            requests_refused,
         }
     }
 
@@ -187,9 +187,9 @@ impl Metrics {
             .clone()
     }
 
-    /// Counts a refused EventSource request (`token_missing`, `user_limit`...).
-    pub fn stream_refused(&self, reason: &'static str) {
-        self.streams_refused
+    /// Counts a refused client request (`token_missing`, `user_limit`...).
+    pub fn request_refused(&self, reason: &'static str) {
+        self.requests_refused
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }

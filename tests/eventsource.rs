@@ -212,7 +212,7 @@ async fn tokens_are_required_and_checked() {
     assert_eq!(
         metric(
             &metrics,
-            "mailpush_eventsource_refused_total{reason=\"token_missing\"}"
+            "mailpush_requests_refused_total{reason=\"token_missing\"}"
         ),
         2.0,
         "{metrics}"
@@ -220,7 +220,7 @@ async fn tokens_are_required_and_checked() {
     assert_eq!(
         metric(
             &metrics,
-            "mailpush_eventsource_refused_total{reason=\"token_expired\"}"
+            "mailpush_requests_refused_total{reason=\"token_expired\"}"
         ),
         1.0,
         "{metrics}"

@@ -1,7 +1,7 @@
 //! Building the effective [`Config`]: defaults, TOML, then `MAILPUSH_*` pairs, then checks
 //! that types cannot express.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{Config, ConfigError};
 
@@ -47,11 +47,13 @@ impl Config {
     pub fn database_url(&self) -> String {
         match &self.database.url {
             Some(url) => url.expose().to_owned(),
-            None => format!(
-                "sqlite://{}?mode=rwc",
-                self.storage.data_dir.join("mailpush.db").display()
-            ),
+            None => format!("sqlite://{}", self.default_database_file().display()),
         }
+    }
+
+    /// The SQLite file used when `database.url` is not set.
+    pub fn default_database_file(&self) -> PathBuf {
+        self.storage.data_dir.join("mailpush.db")
     }
 
     /// The socket file mode as a number; validated at load.
@@ -250,7 +252,7 @@ mod tests {
             [PathBuf::from("run/notify.sock")]
         );
         assert_eq!(config.storage.data_dir, PathBuf::from("data"));
-        assert_eq!(config.database_url(), "sqlite://data/mailpush.db?mode=rwc");
+        assert_eq!(config.database_url(), "sqlite://data/mailpush.db");
         assert_eq!(config.socket_mode(), 0o660);
         assert!(config.auth.secret.is_none());
     }

@@ -23,6 +23,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
+    pub push: PushConfig,
     pub log: LogConfig,
 }
 
@@ -96,6 +97,14 @@ pub struct AuthConfig {
     pub public_key_file: Option<PathBuf>,
     /// Cookie that may carry the token, for browsers whose EventSource cannot set headers.
     pub cookie_name: String,
+}
+
+/// Device pushes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Devices one user may register; more get 409.
+    pub max_devices_per_user: usize,
 }
 
 /// Logging.
@@ -174,6 +183,14 @@ impl Default for AuthConfig {
             secret: None,
             public_key_file: None,
             cookie_name: "mailpush_token".into(),
+        }
+    }
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            max_devices_per_user: 20,
         }
     }
 }

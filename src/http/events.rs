@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::{ApiError, HttpState, request_token};
+use super::{ApiError, HttpState, authenticate};
 use crate::stream::jmap::TypeFilter;
 use crate::stream::{FeedOptions, Format, UserState, feed};
 
@@ -45,7 +45,7 @@ pub async fn legacy(
     query: Result<Query<LegacyQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
-    let user = verify(&state, &headers, query.access_token.as_deref())?;
+    let user = authenticate(&state, &headers, query.access_token.as_deref())?;
     open_stream(&state, &headers, user, Format::Legacy, "legacy")
 }
 
@@ -57,7 +57,7 @@ pub async fn jmap(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
     // Authenticate before looking at the other parameters, so anonymous callers learn nothing.
-    let user = verify(&state, &headers, query.access_token.as_deref())?;
+    let user = authenticate(&state, &headers, query.access_token.as_deref())?;
     let format = jmap_format(&query)?;
     open_stream(&state, &headers, user, format, "jmap")
 }
@@ -98,24 +98,6 @@ fn jmap_format(query: &JmapQuery) -> Result<Format, ApiError> {
     })
 }
 
-fn verify(
-    state: &HttpState,
-    headers: &HeaderMap,
-    query_token: Option<&str>,
-) -> Result<String, ApiError> {
-    let token = request_token(headers, &state.cookie_name, query_token);
-    let verified = token
-        .ok_or(crate::auth::AuthError::Missing)
-        .and_then(|token| state.keys.verify(token));
-    match verified {
-        Ok(claims) => Ok(claims.sub),
-        Err(err) => {
-            state.metrics.stream_refused(err.code());
-            Err(err.into())
-        }
-    }
-}
-
 fn open_stream(
     state: &HttpState,
     headers: &HeaderMap,
@@ -124,7 +106,7 @@ fn open_stream(
     format_label: &'static str,
 ) -> Result<Response, ApiError> {
     let subscription = state.hub.subscribe(&user).inspect_err(|err| {
-        state.metrics.stream_refused(match err {
+        state.metrics.request_refused(match err {
             crate::stream::SubscribeError::UserLimit => "user_limit",
             crate::stream::SubscribeError::ServerLimit => "server_limit",
         });

@@ -4,6 +4,7 @@
 //! error reaches the client as JSON with a stable `code`; client errors are logged at debug at
 //! most, so a misbehaving client cannot fill the log.
 
+pub mod devices;
 pub mod events;
 pub mod ingest;
 
@@ -22,6 +23,8 @@ use crate::auth::{AuthError, TokenKeys};
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::push::DeviceCache;
+use crate::store::Store;
 use crate::stream::{StateHub, SubscribeError};
 
 /// What the handlers share.
@@ -43,6 +46,12 @@ pub struct HttpState {
     pub keepalive: Duration,
     /// Cancelled at shutdown: every EventSource stream ends.
     pub shutdown: CancellationToken,
+    /// The database, for device registration.
+    pub store: Store,
+    /// Registered devices in memory; updated after each committed registration.
+    pub devices: Arc<DeviceCache>,
+    /// Devices one user may register.
+    pub max_devices_per_user: usize,
 }
 
 /// Builds the router with every endpoint.
@@ -51,6 +60,8 @@ pub fn router(state: Arc<HttpState>, max_body_bytes: usize) -> Router {
         .route("/events", get(events::legacy))
         .route("/jmap/eventsource", get(events::jmap))
         .route("/ingest", post(ingest::post))
+        .route("/devices", post(devices::register).get(devices::list))
+        .route("/devices/{id}", axum::routing::delete(devices::delete))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -86,6 +97,10 @@ pub enum ApiError {
     Unauthorized { code: &'static str, message: String },
     #[error("{message}")]
     Forbidden { code: &'static str, message: String },
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error("request body is larger than the limit")]
     TooLarge,
     /// A fault of ours; the detail goes to the log, the client gets a generic message.
@@ -112,6 +127,8 @@ impl ApiError {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::Unauthorized { code, .. } => (StatusCode::UNAUTHORIZED, code),
             ApiError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
+            ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -141,6 +158,24 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+/// The user a request speaks for, from its verified client token; refusals are counted.
+pub fn authenticate(
+    state: &HttpState,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<String, ApiError> {
+    let verified = request_token(headers, &state.cookie_name, query_token)
+        .ok_or(AuthError::Missing)
+        .and_then(|token| state.keys.verify(token));
+    match verified {
+        Ok(claims) => Ok(claims.sub),
+        Err(err) => {
+            state.metrics.request_refused(err.code());
+            Err(err.into())
+        }
     }
 }
 

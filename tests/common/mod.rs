@@ -47,6 +47,7 @@ pub struct TestApp {
 #[derive(Default)]
 pub struct TestAppBuilder {
     env: Vec<(String, String)>,
+    data_dir: Option<PathBuf>,
 }
 
 impl TestApp {
@@ -60,6 +61,18 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
+    }
+
+    /// A request to this app, authenticated as `user`.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        user: &str,
+    ) -> reqwest::RequestBuilder {
+        client()
+            .request(method, self.url(path))
+            .bearer_auth(self.token(user))
     }
 
     /// A valid token for `user`.
@@ -120,15 +133,22 @@ impl TestAppBuilder {
         self
     }
 
+    /// Keeps the data (token secret, SQLite file) in `dir`, so a later app can start on it.
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
     pub async fn start(self) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = self.data_dir.unwrap_or_else(|| dir.path().join("data"));
         let cyrus_socket = dir.path().join("notify.sock");
         let dlist_socket = dir.path().join("dlist.sock");
         let mut env = vec![
             ("MAILPUSH_HTTP__LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
             (
                 "MAILPUSH_STORAGE__DATA_DIR".to_owned(),
-                dir.path().join("data").display().to_string(),
+                data_dir.display().to_string(),
             ),
             (
                 "MAILPUSH_INGEST__CYRUS_SOCKET".to_owned(),
@@ -169,6 +189,12 @@ impl TestAppBuilder {
             task: Some(task),
         }
     }
+}
+
+/// One HTTP client per test binary.
+pub fn client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new)
 }
 
 /// Sends one datagram with a blocking socket and a write timeout: if mailpush stopped

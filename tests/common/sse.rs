@@ -6,7 +6,7 @@ use eventsource_stream::{Event, Eventsource};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
-use super::DEADLINE;
+use super::{DEADLINE, client};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>;
 
@@ -101,12 +101,6 @@ impl Sse {
             panic!("expected the stream to end, got {event:?}");
         }
     }
-}
-
-/// One client for all streams of a test binary, as a browser shares one network stack.
-fn client() -> &'static reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(reqwest::Client::new)
 }
 
 /// Reads a legacy `push` payload.

@@ -1,0 +1,271 @@
+//! `POST /devices`, `GET /devices`, `DELETE /devices/{id}`: a user's apps register their push
+//! tokens. Authenticated by the same client tokens as the streams; a user only ever sees and
+//! deletes their own devices.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, HttpState, authenticate};
+use crate::auth::unix_now;
+use crate::store::{Device, DeviceError, Environment, NewDevice, Platform, Upserted};
+
+/// A registration as apps send it.
+#[derive(Debug, Deserialize)]
+pub struct Registration {
+    platform: String,
+    token: String,
+    app: String,
+    environment: Option<String>,
+}
+
+/// A device as the API shows it.
+#[derive(Debug, Serialize)]
+struct DeviceBody<'a> {
+    id: i64,
+    platform: &'static str,
+    token: &'a str,
+    app: &'a str,
+    environment: &'static str,
+    created_at: i64,
+    registered_at: i64,
+}
+
+#[derive(Serialize)]
+struct DeviceList<'a> {
+    devices: Vec<DeviceBody<'a>>,
+}
+
+/// Longest FCM registration token accepted (real ones are about 160 characters).
+const MAX_FCM_TOKEN: usize = 4096;
+/// APNs tokens are 32 bytes today (64 hex digits); Apple may lengthen them.
+const APNS_TOKEN_HEX: std::ops::RangeInclusive<usize> = 32..=200;
+const MAX_APP: usize = 255;
+
+/// Registers a device, or refreshes a known token (idempotent): 201 when new, 200 when known.
+pub async fn register(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Result<Json<Registration>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers, None)?;
+    let Json(registration) = body.map_err(|rejection| invalid(rejection.body_text()))?;
+    let new = validate(user, registration).map_err(invalid)?;
+    let upserted = state
+        .store
+        .upsert_device(&new, to_i64(unix_now()), state.max_devices_per_user)
+        .await
+        .map_err(|err| match err {
+            DeviceError::Limit(limit) => ApiError::Conflict {
+                code: "too_many_devices",
+                message: format!("a user may register at most {limit} devices; delete one first"),
+            },
+            DeviceError::Database(err) => ApiError::Internal(format!("cannot store device: {err}")),
+        })?;
+    state.devices.apply(&upserted);
+    let (status, device) = match &upserted {
+        Upserted::Created(device) => (StatusCode::CREATED, device),
+        Upserted::Updated { device, moved_from } => {
+            if moved_from.is_some() {
+                tracing::info!(device = device.id, "device token moved to another user");
+            }
+            (StatusCode::OK, device)
+        }
+    };
+    let mut response = (status, Json(body_of(device))).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/devices/{}", device.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Lists the caller's devices.
+pub async fn list(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers, None)?;
+    let devices = state
+        .store
+        .devices_of(&user)
+        .await
+        .map_err(|err| ApiError::Internal(format!("cannot list devices: {err}")))?;
+    Ok(Json(DeviceList {
+        devices: devices.iter().map(body_of).collect(),
+    })
+    .into_response())
+}
+
+/// Deletes one of the caller's devices: 204, or 404 whether it is absent or someone else's.
+pub async fn delete(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let user = authenticate(&state, &headers, None)?;
+    let not_found = || ApiError::NotFound {
+        code: "device_not_found",
+        message: "no such device".into(),
+    };
+    let id: i64 = id.parse().map_err(|_| not_found())?;
+    let removed = state
+        .store
+        .delete_device(&user, id, to_i64(unix_now()))
+        .await
+        .map_err(|err| ApiError::Internal(format!("cannot delete device: {err}")))?;
+    let device = removed.ok_or_else(not_found)?;
+    state.devices.remove(&device);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Checks a registration and normalises the token (APNs hex to lowercase).
+fn validate(user: String, registration: Registration) -> Result<NewDevice, String> {
+    let platform = Platform::parse(&registration.platform).ok_or_else(|| {
+        format!(
+            "platform must be \"apns\" or \"fcm\", not {:?}",
+            registration.platform
+        )
+    })?;
+    let environment = match registration.environment.as_deref() {
+        None => Environment::Production,
+        Some(name) => Environment::parse(name).ok_or_else(|| {
+            format!("environment must be \"production\" or \"sandbox\", not {name:?}")
+        })?,
+    };
+    let token = match platform {
+        Platform::Apns => {
+            let token = registration.token.to_ascii_lowercase();
+            if !APNS_TOKEN_HEX.contains(&token.len())
+                || !token.len().is_multiple_of(2)
+                || !token.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err(
+                    "token: an APNs device token is an even number (32 to 200) of hex digits"
+                        .into(),
+                );
+            }
+            token
+        }
+        Platform::Fcm => {
+            if environment == Environment::Sandbox {
+                return Err("environment: sandbox applies to APNs tokens only".into());
+            }
+            let token = registration.token;
+            if token.is_empty()
+                || token.len() > MAX_FCM_TOKEN
+                || !token.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(format!(
+                    "token: an FCM token is 1 to {MAX_FCM_TOKEN} visible ASCII characters"
+                ));
+            }
+            token
+        }
+    };
+    let app = registration.app;
+    if app.is_empty() || app.len() > MAX_APP || !app.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "app: the APNs topic or FCM app is 1 to {MAX_APP} visible ASCII characters"
+        ));
+    }
+    Ok(NewDevice {
+        user_id: user,
+        platform,
+        token,
+        app,
+        environment,
+    })
+}
+
+fn invalid(message: String) -> ApiError {
+    ApiError::BadRequest {
+        code: "invalid_device",
+        message,
+    }
+}
+
+fn body_of(device: &Device) -> DeviceBody<'_> {
+    DeviceBody {
+        id: device.id,
+        platform: device.platform.as_str(),
+        token: &device.token,
+        app: &device.app,
+        environment: device.environment.as_str(),
+        created_at: device.created_at,
+        registered_at: device.registered_at,
+    }
+}
+
+fn to_i64(seconds: u64) -> i64 {
+    i64::try_from(seconds).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(
+        platform: &str,
+        token: &str,
+        app: &str,
+        environment: Option<&str>,
+        expect: Result<&str, &str>,
+    ) {
+        let registration = Registration {
+            platform: platform.into(),
+            token: token.into(),
+            app: app.into(),
+            environment: environment.map(Into::into),
+        };
+        let got = validate("alice".into(), registration);
+        match expect {
+            Ok(token) => assert_eq!(got.map(|d| d.token), Ok(token.to_owned())),
+            Err(prefix) => {
+                let err = got.expect_err("should be refused");
+                assert!(err.starts_with(prefix), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn registrations() {
+        let hex = "ab".repeat(32);
+        check(
+            "apns",
+            &hex.to_uppercase(),
+            "com.example.mail",
+            None,
+            Ok(&hex),
+        );
+        check("apns", &hex, "com.example.mail", Some("sandbox"), Ok(&hex));
+        check("apns", &hex[..63], "a", None, Err("token:"));
+        check("apns", &"zz".repeat(32), "a", None, Err("token:"));
+        check("apns", "ab", "a", None, Err("token:"));
+        check(
+            "fcm",
+            "fKz:APA91b-x_y",
+            "com.example.android",
+            None,
+            Ok("fKz:APA91b-x_y"),
+        );
+        check("fcm", "has space", "a", None, Err("token:"));
+        check("fcm", "", "a", None, Err("token:"));
+        check(
+            "fcm",
+            &"x".repeat(MAX_FCM_TOKEN + 1),
+            "a",
+            None,
+            Err("token:"),
+        );
+        check("fcm", "tok", "a", Some("sandbox"), Err("environment:"));
+        check("webpush", "tok", "a", None, Err("platform"));
+        check("apns", &hex, "", None, Err("app:"));
+        check("apns", &hex, "a b", None, Err("app:"));
+        check("apns", &hex, "a", Some("staging"), Err("environment"));
+    }
+}

@@ -1,0 +1,112 @@
+//! The database: a SQLite file by default, PostgreSQL in production, with the same queries and
+//! embedded migrations for each (`migrations/sqlite`, `migrations/postgres`).
+//!
+//! One file per table ([`devices`]). The fast path never awaits the store: it reads caches
+//! that the store's callers keep up to date.
+
+pub mod devices;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+pub use devices::{Device, DeviceError, Environment, NewDevice, Platform, Upserted};
+
+/// A connection pool to one of the two supported databases.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same code on either pool; the SQL is written once with `$N` placeholders, which
+/// both SQLite and PostgreSQL accept.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            $crate::store::Store::Sqlite($pool) => $body,
+            $crate::store::Store::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+impl Store {
+    /// Opens the configured database (`url`), or the SQLite file `default_file` when no URL is
+    /// set, and runs the migrations.
+    pub async fn connect(url: Option<&str>, default_file: &Path) -> anyhow::Result<Store> {
+        let store = match url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let options = PgConnectOptions::from_str(url).context("bad database.url")?;
+                Store::postgres(options).await?
+            }
+            Some(url) => {
+                let options = SqliteConnectOptions::from_str(url).context("bad database.url")?;
+                Store::sqlite(options).await?
+            }
+            None => {
+                if let Some(dir) = default_file.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                }
+                Store::sqlite(SqliteConnectOptions::new().filename(default_file)).await?
+            }
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects to PostgreSQL with these options (tests use them to pick a schema).
+    pub async fn postgres(options: PgConnectOptions) -> anyhow::Result<Store> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        Ok(Store::Postgres(pool))
+    }
+
+    async fn sqlite(options: SqliteConnectOptions) -> anyhow::Result<Store> {
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        // SQLite has one writer at a time; one connection keeps read-then-write transactions
+        // from failing with "database is locked" instead of waiting their turn.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .context("cannot open the SQLite database")?;
+        Ok(Store::Sqlite(pool))
+    }
+
+    /// Brings the schema up to date.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match self {
+            Store::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await,
+            Store::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await,
+        }
+        .context("cannot migrate the database")
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))
+    }
+
+    /// Which backend this is, for logs.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+}
