@@ -22,7 +22,7 @@ use crate::http::{self, HttpState};
 use crate::ingest::{self, socket::SocketAccess};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::push::DeviceCache;
+use crate::push::{self, DeviceCache, Providers};
 use crate::store::Store;
 use crate::stream::StateHub;
 
@@ -107,9 +107,19 @@ pub async fn run(
         config.http.max_connections,
         config.http.max_connections_per_user,
     ));
-    let pipeline = Arc::new(Pipeline::new(hub.clone(), metrics.clone()));
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let providers = Providers::from_config(&config.push)?;
+    let push = push::spawn(
+        &config.push,
+        providers,
+        store.clone(),
+        devices.clone(),
+        metrics.clone(),
+        &tracker,
+        cancel.clone(),
+    );
+    let pipeline = Arc::new(Pipeline::new(hub.clone(), push.clone(), metrics.clone()));
     let max_event_bytes = config.ingest.max_event_bytes;
 
     let http_addr = listeners.http_addr()?;
@@ -159,6 +169,7 @@ pub async fn run(
         store,
         devices,
         max_devices_per_user: config.push.max_devices_per_user,
+        push,
     });
     let router = http::router(state, config.http.max_body_bytes);
     let server_cancel = cancel.clone();

@@ -56,6 +56,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for the whole process (provider clients, PostgreSQL).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let config_path = cli.config.clone().or_else(|| {
         let default = Path::new(DEFAULT_CONFIG);
         default.exists().then(|| default.to_path_buf())

@@ -62,6 +62,13 @@ struct FormatLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PushLabels {
+    provider: &'static str,
+    app: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -81,6 +88,17 @@ pub struct Metrics {
     connections: Gauge,
     frames_sent: Family<FormatLabels, Counter>,
     requests_refused: Family<ReasonLabels, Counter>,
+    pushes: Family<PushLabels, Counter>,
+    push_queue: Gauge,
+}
+
+/// Values read from their owners when metrics are rendered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Levels {
+    /// EventSource connections open now.
+    pub connections: usize,
+    /// Pushes waiting for a sender.
+    pub push_queue: usize,
 }
 
 impl Default for Metrics {
@@ -135,8 +153,18 @@ impl Metrics {
             "Client requests refused (EventSource, devices), by reason",
             requests_refused.clone(),
         );
+        let pushes = Family::<PushLabels, Counter>::default();
+        registry.register(
+            "pushes",
+            "Device pushes by provider, app and outcome (sent, retried, failed, token_removed, dropped_*)",
+            pushes.clone(),
+        );
+        let push_queue = Gauge::default();
+        registry.register("push_queue_depth", "Pushes waiting for a sender", push_queue.clone());
         Metrics {
             registry,
+            pushes,
+            push_queue,
             events_received,
             slot_events,
             known_slots: RwLock::new(HashSet::new()),
@@ -194,10 +222,18 @@ impl Metrics {
             .inc();
     }
 
-    /// Renders the Prometheus text format; `connections` is read at render time.
-    pub fn render(&self, connections: usize) -> String {
-        self.connections
-            .set(i64::try_from(connections).unwrap_or(i64::MAX));
+    /// Counts what became of a device push.
+    pub fn push_outcome(&self, provider: &'static str, app: &str, outcome: &'static str) {
+        self.pushes
+            .get_or_create(&PushLabels { provider, app: app.to_owned(), outcome })
+            .inc();
+    }
+
+    /// Renders the Prometheus text format, with gauges set from `levels`.
+    pub fn render(&self, levels: Levels) -> String {
+        let gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
+        self.connections.set(gauge(levels.connections));
+        self.push_queue.set(gauge(levels.push_queue));
         let mut text = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::error!(error = %err, "cannot render metrics");
@@ -237,7 +273,7 @@ mod tests {
         metrics.event_received(Source::Cyrus, "MessageNew", Some("slot1"));
         metrics.event_received(Source::Cyrus, "MessageNew", Some("slot1"));
         metrics.packet_rejected(Source::Dlist, "truncated");
-        let text = metrics.render(3);
+        let text = metrics.render(Levels { connections: 3, push_queue: 0 });
         assert!(
             text.contains("mailpush_events_received_total{source=\"cyrus\",type=\"MessageNew\"} 2"),
             "{text}"
@@ -264,7 +300,7 @@ mod tests {
         for n in 0..MAX_SLOTS + 10 {
             metrics.event_received(Source::Cyrus, "Login", Some(&format!("slot{n}")));
         }
-        let text = metrics.render(0);
+        let text = metrics.render(Levels::default());
         assert!(
             text.contains("mailpush_slot_events_total{slot=\"other\"} 10"),
             "{text}"

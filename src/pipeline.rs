@@ -2,26 +2,28 @@
 //! the actions.
 //!
 //! Every listener calls [`Pipeline::dispatch`] from its receive loop, so it must never wait:
-//! state updates are a map lookup and a `watch` send. Later consumers (device pushes, slow
-//! jobs) get bounded queues with `try_send` here, never an `.await`.
+//! state updates are a map lookup and a `watch` send, device pushes go on a bounded queue that
+//! drops rather than blocks. Slow jobs will get the same treatment: never an `.await` here.
 
 use std::sync::Arc;
 
 use crate::event::{Event, ParseError};
 use crate::metrics::{Metrics, Source};
+use crate::push::PushHandle;
 use crate::route::{Action, route};
 use crate::stream::StateHub;
 
 /// What ingest hands events to.
 pub struct Pipeline {
     hub: Arc<StateHub>,
+    push: PushHandle,
     metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
-    /// Connects ingest to live state and metrics.
-    pub fn new(hub: Arc<StateHub>, metrics: Arc<Metrics>) -> Pipeline {
-        Pipeline { hub, metrics }
+    /// Connects ingest to live state, device pushes and metrics.
+    pub fn new(hub: Arc<StateHub>, push: PushHandle, metrics: Arc<Metrics>) -> Pipeline {
+        Pipeline { hub, push, metrics }
     }
 
     /// Counts, routes and applies one event. Never blocks.
@@ -42,6 +44,7 @@ impl Pipeline {
                         self.metrics.state_updated();
                     }
                 }
+                Action::Push(request) => self.push.enqueue(request),
             }
         }
     }

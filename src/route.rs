@@ -1,9 +1,9 @@
 //! What an event means for mailpush: a pure function from an [`Event`] to [`Action`]s.
 //!
 //! `route` never does I/O, reads no clock and takes no lock, and it never fails on a parsed
-//! event: an event that matters to nobody routes to no action. Today the only action is a
-//! live-state update for web clients; device pushes and slow jobs are further variants of
-//! [`Action`], so that each consumer stays a plain `match`.
+//! event: an event that matters to nobody routes to no action. Actions are live-state updates
+//! for web clients and device pushes; slow jobs will be a further variant of [`Action`], so
+//! that each consumer stays a plain `match`.
 
 use crate::event::{Event, Kind, MailboxType};
 
@@ -12,6 +12,34 @@ use crate::event::{Event, Kind, MailboxType};
 pub enum Action {
     /// Raise the owner's live state (what EventSource clients see).
     UpdateState { user: String, change: StateChange },
+    /// Tell the owner's phones.
+    Push(PushRequest),
+}
+
+/// A push for every device of a user; each provider shapes it into its own payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushRequest {
+    pub user: String,
+    pub kind: PushKind,
+}
+
+/// What a push says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushKind {
+    /// New mail in the INBOX: an alert with sender and subject.
+    NewMail {
+        /// The sender's display name, else their address, else empty.
+        from: String,
+        subject: String,
+        /// The INBOX unseen count, for the badge.
+        unseen: Option<u64>,
+        /// Groups the notifications of one mailbox (APNs `thread-id`).
+        thread_id: String,
+        /// The message's IMAP URL, for the app to open.
+        url: String,
+    },
+    /// Any other INBOX change (read, flagged, expunged, moved): only the badge moves.
+    Badge { unseen: u64 },
 }
 
 /// New modseqs for a user; `None` leaves a value as it is. Values only ever raise the state.
@@ -30,7 +58,43 @@ pub fn route(event: &Event) -> Vec<Action> {
     if let Some(action) = state_update(event) {
         actions.push(action);
     }
+    if let Some(push) = device_push(event) {
+        actions.push(Action::Push(push));
+    }
     actions
+}
+
+/// The push rule: only the owner's INBOX matters to phones. A delivery there is an alert;
+/// any other message or flag change there moves the badge, when Cyrus sent the unseen count.
+fn device_push(event: &Event) -> Option<PushRequest> {
+    let mailbox = event.mailbox.as_ref()?;
+    let user = mailbox.owner.as_ref()?;
+    if mailbox.folder.as_deref() != Some("INBOX") || event.mailbox_type != Some(MailboxType::Mail) {
+        return None;
+    }
+    let kind = match event.kind {
+        Kind::MessageNew => {
+            let envelope = event.envelope.clone().unwrap_or_default();
+            PushKind::NewMail {
+                from: envelope.from_name.or(envelope.from_address).unwrap_or_default(),
+                subject: envelope.subject.unwrap_or_default(),
+                unseen: event.unseen,
+                thread_id: format!("{user}/INBOX"),
+                url: mailbox.url.clone(),
+            }
+        }
+        Kind::MessageAppend
+        | Kind::MessageExpunge
+        | Kind::MessageExpire
+        | Kind::MessageRead
+        | Kind::MessageTrash
+        | Kind::MessageCopy
+        | Kind::MessageMove
+        | Kind::FlagsSet
+        | Kind::FlagsClear => PushKind::Badge { unseen: event.unseen? },
+        _ => return None,
+    };
+    Some(PushRequest { user: user.clone(), kind })
 }
 
 /// The state rule: `vnd.fastmail.counters` when Cyrus sends them (they are per user), else the
@@ -73,6 +137,7 @@ mod tests {
     use super::*;
     use crate::event::from_json;
 
+    /// Checks the state actions of an event.
     fn check(json: &str, expect: Option<(&str, StateChange)>) {
         let event = from_json(json.to_owned()).unwrap();
         let expect: Vec<Action> = expect
@@ -82,7 +147,71 @@ mod tests {
                 change,
             })
             .collect();
-        assert_eq!(route(&event), expect, "{json}");
+        let got: Vec<Action> = route(&event)
+            .into_iter()
+            .filter(|action| matches!(action, Action::UpdateState { .. }))
+            .collect();
+        assert_eq!(got, expect, "{json}");
+    }
+
+    /// Checks the push action of an event.
+    fn check_push(json: &str, expect: Option<PushKind>) {
+        let event = from_json(json.to_owned()).unwrap();
+        let got: Vec<PushRequest> = route(&event)
+            .into_iter()
+            .filter_map(|action| match action {
+                Action::Push(push) => Some(push),
+                Action::UpdateState { .. } => None,
+            })
+            .collect();
+        let expect: Vec<PushRequest> = expect
+            .into_iter()
+            .map(|kind| PushRequest { user: "alice".into(), kind })
+            .collect();
+        assert_eq!(got, expect, "{json}");
+    }
+
+    const INBOX: &str = "imap://h/user/alice;UIDVALIDITY=7";
+
+    #[test]
+    fn push_rules() {
+        let envelope = r#""vnd.cmu.envelope":"(NIL \"=?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\" ((\"Robert Norris\" NIL \"rob\" \"example.net\")) NIL NIL NIL NIL NIL NIL NIL)""#;
+        check_push(
+            &format!(r#"{{"event":"MessageNew","uri":"{INBOX}/;UID=3","vnd.cmu.mbtype":"e","vnd.cmu.unseenMessages":4,{envelope}}}"#),
+            Some(PushKind::NewMail {
+                from: "Robert Norris".into(),
+                subject: "Grüße".into(),
+                unseen: Some(4),
+                thread_id: "alice/INBOX".into(),
+                url: format!("{INBOX}/;UID=3"),
+            }),
+        );
+        // No display name: the address; no envelope at all: empty strings, still an alert.
+        check_push(
+            &format!(r#"{{"event":"MessageNew","uri":"{INBOX}/;UID=3","vnd.cmu.mbtype":"e","vnd.cmu.envelope":"(NIL NIL ((NIL NIL \"rob\" \"example.net\")) NIL NIL NIL NIL NIL NIL NIL)"}}"#),
+            Some(PushKind::NewMail {
+                from: "rob@example.net".into(),
+                subject: String::new(),
+                unseen: None,
+                thread_id: "alice/INBOX".into(),
+                url: format!("{INBOX}/;UID=3"),
+            }),
+        );
+        for kind in ["MessageRead", "FlagsSet", "FlagsClear", "MessageTrash", "MessageExpunge", "MessageAppend", "vnd.cmu.MessageMove", "vnd.cmu.MessageCopy"] {
+            check_push(
+                &format!(r#"{{"event":"{kind}","uri":"{INBOX}","vnd.cmu.mbtype":"e","vnd.cmu.unseenMessages":2}}"#),
+                Some(PushKind::Badge { unseen: 2 }),
+            );
+        }
+        // Without the unseen count there is no badge to set.
+        check_push(&format!(r#"{{"event":"MessageRead","uri":"{INBOX}","vnd.cmu.mbtype":"e"}}"#), None);
+        // Other folders, other mailbox types, other events and shared mailboxes push nothing.
+        check_push(r#"{"event":"MessageNew","uri":"imap://h/user/alice/Work;UIDVALIDITY=1/;UID=1","vnd.cmu.mbtype":"e","vnd.cmu.unseenMessages":1}"#, None);
+        check_push(r#"{"event":"MessageNew","uri":"imap://h/user/alice/%23calendars/Default;UIDVALIDITY=1/;UID=1","vnd.cmu.mbtype":"c"}"#, None);
+        check_push(&format!(r#"{{"event":"MailboxModseq","uri":"{INBOX}","vnd.cmu.mbtype":"e","vnd.cmu.unseenMessages":1}}"#), None);
+        check_push(&format!(r#"{{"event":"MessageNew","uri":"{INBOX}/;UID=1"}}"#), None);
+        check_push(r#"{"event":"MessageNew","uri":"imap://h/shared.news;UIDVALIDITY=1/;UID=1","vnd.cmu.mbtype":"e"}"#, None);
+        check_push(r#"{"event":"Login","uri":"imap://h","user":"alice"}"#, None);
     }
 
     fn mail(modseq: u64) -> StateChange {

@@ -8,6 +8,7 @@
 
 mod load;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -105,6 +106,72 @@ pub struct AuthConfig {
 pub struct PushConfig {
     /// Devices one user may register; more get 409.
     pub max_devices_per_user: usize,
+    /// Pushes waiting for a sender; when full, badge-only updates are dropped before alerts.
+    pub queue_capacity: usize,
+    /// Requests in flight per provider (HTTP/2 streams on one connection).
+    pub max_in_flight: usize,
+    /// Per-request timeout, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Attempts per push, the first included, before it is given up.
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds; doubled each attempt (with jitter), capped at 60 s.
+    pub retry_base_ms: u64,
+    /// Consecutive failures after which a provider is left alone for `breaker_cooldown_ms`.
+    pub breaker_threshold: u32,
+    /// How long a tripped provider is left alone before one probe request.
+    pub breaker_cooldown_ms: u64,
+    /// APNs apps by name: `[push.apns.<name>]`.
+    pub apns: BTreeMap<String, ApnsConfig>,
+    /// FCM apps by name: `[push.fcm.<name>]`.
+    pub fcm: BTreeMap<String, FcmConfig>,
+}
+
+/// One APNs app (topic) with its token key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsConfig {
+    /// Where production tokens go.
+    #[serde(default = "apns_production")]
+    pub base_url: String,
+    /// Where sandbox (development build) tokens go.
+    #[serde(default = "apns_sandbox")]
+    pub sandbox_base_url: String,
+    /// The `.p8` token signing key (PKCS#8 P-256 PEM).
+    pub key_file: PathBuf,
+    /// The key's 10-character id.
+    pub key_id: String,
+    /// The 10-character developer team id.
+    pub team_id: String,
+    /// The app's bundle id; devices register with it as their `app`.
+    pub topic: String,
+    /// An extra CA to trust (a proxy, a test server).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// One FCM project with its service account.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmConfig {
+    #[serde(default = "fcm_production")]
+    pub base_url: String,
+    /// The service-account JSON key from the Firebase console.
+    pub service_account_file: PathBuf,
+    /// The `app` devices register with; defaults to the section name.
+    pub app: Option<String>,
+    /// An extra CA to trust (a proxy, a test server).
+    pub ca_file: Option<PathBuf>,
+}
+
+fn apns_production() -> String {
+    "https://api.push.apple.com".into()
+}
+
+fn apns_sandbox() -> String {
+    "https://api.sandbox.push.apple.com".into()
+}
+
+fn fcm_production() -> String {
+    "https://fcm.googleapis.com".into()
 }
 
 /// Logging.
@@ -191,6 +258,15 @@ impl Default for PushConfig {
     fn default() -> Self {
         PushConfig {
             max_devices_per_user: 20,
+            queue_capacity: 10_000,
+            max_in_flight: 100,
+            request_timeout_ms: 10_000,
+            max_attempts: 5,
+            retry_base_ms: 1_000,
+            breaker_threshold: 10,
+            breaker_cooldown_ms: 30_000,
+            apns: BTreeMap::new(),
+            fcm: BTreeMap::new(),
         }
     }
 }

@@ -11,6 +11,8 @@ use super::strip_prefix_ignore_case;
 /// The mailbox an event is about, read from its IMAP URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxRef {
+    /// The URL as sent, for clients that open it (a push's `url`).
+    pub url: String,
     /// The authority: Cyrus's `servername`.
     pub server: String,
     /// The whole mailbox name in Cyrus's admin namespace, percent-decoded (`user/alice/Work`).
@@ -68,6 +70,7 @@ pub fn parse(uri: &str) -> Result<Option<MailboxRef>, UrlError> {
         None => (None, None),
     };
     Ok(Some(MailboxRef {
+        url: uri.to_owned(),
         server: server.to_owned(),
         name,
         owner,

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, TokenKeys};
 use crate::config::Secret;
-use crate::metrics::Metrics;
+use crate::metrics::{Levels, Metrics};
 use crate::pipeline::Pipeline;
-use crate::push::DeviceCache;
+use crate::push::{DeviceCache, PushHandle};
 use crate::store::Store;
 use crate::stream::{StateHub, SubscribeError};
 
@@ -52,6 +52,8 @@ pub struct HttpState {
     pub devices: Arc<DeviceCache>,
     /// Devices one user may register.
     pub max_devices_per_user: usize,
+    /// The push queue, for its depth on `/metrics`.
+    pub push: PushHandle,
 }
 
 /// Builds the router with every endpoint.
@@ -73,7 +75,10 @@ async fn healthz() -> &'static str {
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
-    let body = state.metrics.render(state.hub.connections());
+    let body = state.metrics.render(Levels {
+        connections: state.hub.connections(),
+        push_queue: state.push.queue_len(),
+    });
     (
         [(
             header::CONTENT_TYPE,

@@ -1,6 +1,440 @@
-//! Device pushes: the registered devices ([`devices`]), kept in memory so the fast path never
-//! reads the database to find where to push.
+//! Device pushes on the non-blocking path: APNs ([`apns`]) and FCM v1 ([`fcm`]).
+//!
+//! `route` decides what to push; [`PushHandle::enqueue`] turns it into one job per registered
+//! device (found in the in-memory [`DeviceCache`], never the database) and puts the jobs on a
+//! bounded [`queue`] without waiting. A sender task takes jobs off the queue and runs each
+//! delivery as its own task, at most `max_in_flight` per provider, retrying with exponential
+//! backoff and jitter. A provider that keeps failing trips its circuit [`breaker`] and is left
+//! alone for a while. A dead token is removed from the store and the cache. Nothing here can
+//! slow ingestion or EventSource delivery: the only link back is `enqueue`, which never waits.
 
+pub mod apns;
+pub mod breaker;
 pub mod devices;
+pub mod fcm;
+pub mod queue;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use devices::DeviceCache;
+
+use crate::auth::unix_now;
+use crate::config::PushConfig;
+use crate::metrics::Metrics;
+use crate::route::{PushKind, PushRequest};
+use crate::store::{Device, Platform, Store};
+use breaker::Breaker;
+use queue::{Droppable, Overflow, PushQueue};
+
+/// One notification for one device.
+#[derive(Debug, Clone)]
+pub struct PushJob {
+    /// A UUID, sent as `apns-id` and logged, so one push can be followed end to end.
+    pub id: String,
+    pub user: String,
+    pub device: Device,
+    pub kind: PushKind,
+}
+
+/// How a delivery failed, classified once by the provider client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// Worth another try: 429, 5xx, timeouts, connection errors, a refreshed credential.
+    /// `after` is the provider's Retry-After, when it gave one.
+    Retry { after: Option<Duration>, reason: String },
+    /// The token is dead (APNs 410 or BadDeviceToken, FCM UNREGISTERED): remove the device,
+    /// unless it registered again after `since` (seconds since the epoch).
+    Unregistered { since: Option<i64>, reason: String },
+    /// Anything else: retrying cannot help.
+    Permanent { reason: String },
+}
+
+impl SendError {
+    fn from_transport(err: reqwest::Error) -> SendError {
+        let reason = if err.is_timeout() {
+            "request timed out".to_owned()
+        } else if err.is_connect() {
+            format!("cannot connect: {err}")
+        } else {
+            format!("transport error: {err}")
+        };
+        SendError::Retry { after: None, reason }
+    }
+}
+
+impl Droppable for PushJob {
+    fn is_alert(&self) -> bool {
+        matches!(self.kind, PushKind::NewMail { .. })
+    }
+}
+
+/// What the pipeline holds to hand pushes over.
+#[derive(Clone)]
+pub struct PushHandle {
+    queue: Arc<PushQueue<PushJob>>,
+    devices: Arc<DeviceCache>,
+    providers: Arc<Providers>,
+    metrics: Arc<Metrics>,
+}
+
+/// The configured provider clients, found by the `app` a device registered with.
+#[derive(Default)]
+pub struct Providers {
+    apns: HashMap<String, Arc<Provider>>,
+    fcm: HashMap<String, Arc<Provider>>,
+}
+
+/// One provider client with its own concurrency limit and breaker.
+pub struct Provider {
+    /// `apns` or `fcm`, a metric label.
+    kind: &'static str,
+    /// The app (topic) it serves, a metric label.
+    app: String,
+    client: Client,
+    in_flight: Arc<Semaphore>,
+    breaker: Breaker,
+}
+
+enum Client {
+    Apns(apns::ApnsClient),
+    Fcm(fcm::FcmClient),
+}
+
+/// Retry policy for one delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Providers {
+    /// Builds a client for every `[push.apns.<name>]` and `[push.fcm.<name>]` section.
+    pub fn from_config(config: &PushConfig) -> anyhow::Result<Providers> {
+        let timeout = Duration::from_millis(config.request_timeout_ms);
+        let breaker = || Breaker::new(config.breaker_threshold, Duration::from_millis(config.breaker_cooldown_ms));
+        let mut providers = Providers::default();
+        for (name, apns) in &config.apns {
+            let client = apns::ApnsClient::new(apns, timeout).with_context(|| format!("[push.apns.{name}]"))?;
+            let app = client.topic().to_owned();
+            providers.apns.insert(app.clone(), Arc::new(Provider::new("apns", app, Client::Apns(client), config.max_in_flight, breaker())));
+        }
+        for (name, fcm) in &config.fcm {
+            let client = fcm::FcmClient::new(name, fcm, timeout).with_context(|| format!("[push.fcm.{name}]"))?;
+            let app = client.app().to_owned();
+            providers.fcm.insert(app.clone(), Arc::new(Provider::new("fcm", app, Client::Fcm(client), config.max_in_flight, breaker())));
+        }
+        if providers.apns.is_empty() {
+            tracing::info!("APNs is off: no [push.apns.<name>] section");
+        }
+        if providers.fcm.is_empty() {
+            tracing::info!("FCM is off: no [push.fcm.<name>] section");
+        }
+        Ok(providers)
+    }
+
+    fn for_device(&self, device: &Device) -> Option<&Arc<Provider>> {
+        match device.platform {
+            Platform::Apns => self.apns.get(&device.app),
+            Platform::Fcm => self.fcm.get(&device.app),
+        }
+    }
+}
+
+impl Provider {
+    fn new(kind: &'static str, app: String, client: Client, max_in_flight: usize, breaker: Breaker) -> Provider {
+        Provider {
+            kind,
+            app,
+            client,
+            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            breaker,
+        }
+    }
+
+    async fn send(&self, job: &PushJob) -> Result<(), SendError> {
+        match &self.client {
+            Client::Apns(client) => client.send(job).await,
+            Client::Fcm(client) => client.send(job).await,
+        }
+    }
+}
+
+impl PushHandle {
+    /// Queues the push for each of the user's devices that has a provider. Never waits.
+    pub fn enqueue(&self, request: PushRequest) {
+        for device in self.devices.devices_of(&request.user) {
+            let Some(provider) = self.providers.for_device(&device) else {
+                self.metrics.push_outcome(device.platform.as_str(), "-", "no_provider");
+                continue;
+            };
+            let job = PushJob {
+                id: uuid_v4(),
+                user: request.user.clone(),
+                kind: request.kind.clone(),
+                device,
+            };
+            if let Overflow::Dropped(dropped) = self.queue.push(job) {
+                let what = if dropped.is_alert() { "dropped_alert" } else { "dropped_badge" };
+                self.metrics.push_outcome(provider.kind, &provider.app, what);
+                tracing::warn!(push = %dropped.id, user = %dropped.user, "push queue full: dropped");
+            }
+        }
+    }
+
+    /// Pushes waiting for a sender.
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// Starts the sender task; returns the handle ingest pushes through.
+pub fn spawn(
+    config: &PushConfig,
+    providers: Providers,
+    store: Store,
+    devices: Arc<DeviceCache>,
+    metrics: Arc<Metrics>,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> PushHandle {
+    let handle = PushHandle {
+        queue: Arc::new(PushQueue::new(config.queue_capacity)),
+        devices,
+        providers: Arc::new(providers),
+        metrics,
+    };
+    let policy = RetryPolicy {
+        max_attempts: config.max_attempts.max(1),
+        base: Duration::from_millis(config.retry_base_ms),
+        cap: Duration::from_secs(60),
+    };
+    let sender = Sender {
+        handle: handle.clone(),
+        store,
+        policy,
+        tracker: tracker.clone(),
+        shutdown,
+    };
+    tracker.spawn(sender.run());
+    handle
+}
+
+/// Takes jobs off the queue and starts their deliveries.
+struct Sender {
+    handle: PushHandle,
+    store: Store,
+    policy: RetryPolicy,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Sender {
+    async fn run(self) {
+        loop {
+            let job = tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                job = self.handle.queue.pop() => match job {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            let Some(provider) = self.handle.providers.for_device(&job.device).cloned() else {
+                continue;
+            };
+            if !provider.breaker.allow() {
+                self.handle.metrics.push_outcome(provider.kind, &provider.app, "dropped_breaker_open");
+                continue;
+            }
+            let permit = tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                permit = provider.in_flight.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    // The semaphore is never closed.
+                    Err(_) => break,
+                },
+            };
+            let delivery = Delivery {
+                job,
+                provider,
+                store: self.store.clone(),
+                devices: self.handle.devices.clone(),
+                metrics: self.handle.metrics.clone(),
+                policy: self.policy,
+                shutdown: self.shutdown.clone(),
+            };
+            self.tracker.spawn(delivery.run(permit));
+        }
+        let left = self.handle.queue.len();
+        if left > 0 {
+            tracing::warn!(pushes = left, "shutting down with pushes still queued");
+        }
+    }
+}
+
+/// One job's delivery, with its retries.
+struct Delivery {
+    job: PushJob,
+    provider: Arc<Provider>,
+    store: Store,
+    devices: Arc<DeviceCache>,
+    metrics: Arc<Metrics>,
+    policy: RetryPolicy,
+    shutdown: CancellationToken,
+}
+
+impl Delivery {
+    async fn run(self, _permit: OwnedSemaphorePermit) {
+        let (kind, app) = (self.provider.kind, self.provider.app.as_str());
+        for attempt in 1..=self.policy.max_attempts {
+            match self.provider.send(&self.job).await {
+                Ok(()) => {
+                    self.provider.breaker.success();
+                    self.metrics.push_outcome(kind, app, "sent");
+                    tracing::debug!(push = %self.job.id, provider = kind, app, attempt, "pushed");
+                    return;
+                }
+                Err(SendError::Unregistered { since, reason }) => {
+                    self.provider.breaker.success();
+                    self.remove_device(since, &reason).await;
+                    return;
+                }
+                Err(SendError::Permanent { reason }) => {
+                    self.provider.breaker.success();
+                    self.metrics.push_outcome(kind, app, "failed");
+                    tracing::warn!(push = %self.job.id, provider = kind, app, reason, "push refused");
+                    return;
+                }
+                Err(SendError::Retry { after, reason }) => {
+                    self.provider.breaker.failure();
+                    if attempt == self.policy.max_attempts {
+                        self.metrics.push_outcome(kind, app, "failed");
+                        tracing::warn!(push = %self.job.id, provider = kind, app, attempts = attempt, reason, "push given up");
+                        return;
+                    }
+                    self.metrics.push_outcome(kind, app, "retried");
+                    let delay = after.unwrap_or_else(|| self.policy.delay(attempt, random_fraction()));
+                    tracing::debug!(push = %self.job.id, provider = kind, attempt, ?delay, reason, "push will be retried");
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => {
+                            self.metrics.push_outcome(kind, app, "dropped_shutdown");
+                            return;
+                        }
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn remove_device(&self, since: Option<i64>, reason: &str) {
+        let (kind, app) = (self.provider.kind, self.provider.app.as_str());
+        let device = &self.job.device;
+        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+        match self.store.remove_dead_token(device.platform, &device.token, since, reason, now).await {
+            Ok(Some(removed)) => {
+                self.devices.remove(&removed);
+                self.metrics.push_outcome(kind, app, "token_removed");
+                tracing::info!(push = %self.job.id, provider = kind, device = removed.id, reason, "removed dead device token");
+            }
+            Ok(None) => {
+                // Registered again after the provider's "dead since": keep it.
+                self.metrics.push_outcome(kind, app, "failed");
+            }
+            Err(err) => {
+                self.metrics.push_outcome(kind, app, "failed");
+                tracing::error!(error = %err, device = device.id, "cannot remove dead device token");
+            }
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `attempt + 1`: `base·2^(attempt-1)`, of which the upper half is
+    /// random ("equal jitter"), then capped; so waits never shrink from one attempt to the next.
+    pub fn delay(&self, attempt: u32, random: f64) -> Duration {
+        let exponential = self.base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
+        let jittered = exponential / 2 + exponential.mul_f64(random.clamp(0.0, 1.0) / 2.0);
+        jittered.min(self.cap)
+    }
+}
+
+/// An HTTP/2 client for a provider; `ca_file` adds a trusted CA to the platform's.
+fn http_client(ca_file: Option<&Path>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read ca_file {}", path.display()))?;
+        let certificate = reqwest::Certificate::from_pem(&pem).with_context(|| format!("ca_file {} is not a PEM certificate", path.display()))?;
+        builder = builder.tls_certs_merge([certificate]);
+    }
+    builder.build().context("cannot build the HTTP client")
+}
+
+/// A `Retry-After` given in seconds.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds.min(3600)))
+}
+
+fn random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    // Each RandomState has fresh keys: enough randomness for ids and jitter.
+    std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now().elapsed())
+}
+
+fn random_fraction() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A random (version 4) UUID in its canonical lowercase form, as `apns-id` wants.
+fn uuid_v4() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes[..8].copy_from_slice(&random_u64().to_le_bytes());
+        bytes[8..].copy_from_slice(&random_u64().to_le_bytes());
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let policy = RetryPolicy { max_attempts: 8, base: Duration::from_secs(1), cap: Duration::from_secs(10) };
+        assert_eq!(policy.delay(1, 0.0), Duration::from_millis(500));
+        assert_eq!(policy.delay(1, 1.0), Duration::from_secs(1));
+        assert_eq!(policy.delay(2, 0.0), Duration::from_secs(1));
+        assert_eq!(policy.delay(3, 0.5), Duration::from_secs(3));
+        assert_eq!(policy.delay(10, 1.0), Duration::from_secs(10));
+        for attempt in 1..40 {
+            assert!(policy.delay(attempt + 1, 0.0) >= policy.delay(attempt, 1.0), "waits never shrink");
+        }
+    }
+
+    #[test]
+    fn uuids_are_canonical_v4() {
+        let id = uuid_v4();
+        assert_eq!(id.len(), 36);
+        assert_eq!(id.as_bytes()[14], b'4');
+        assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{id}");
+        assert_ne!(uuid_v4(), id);
+        let fraction = random_fraction();
+        assert!((0.0..1.0).contains(&fraction));
+    }
+}

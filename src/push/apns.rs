@@ -1,0 +1,246 @@
+//! Apple Push Notification service over HTTP/2 with token (JWT, ES256) authentication
+//! (`protocol/apns.md`). One client per app (topic); one HTTP/2 connection per host, shared by
+//! every request.
+//!
+//! This module owns the APNs wire format: the payload JSON, the headers, and the mapping of
+//! every response to a [`SendError`].
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{PushJob, SendError, http_client, retry_after};
+use crate::auth::unix_now;
+use crate::config::ApnsConfig;
+use crate::route::PushKind;
+use crate::store::Environment;
+
+/// A provider token is renewed after this age (APNs refuses them after 60 minutes and
+/// throttles renewals more often than every 20).
+const TOKEN_MAX_AGE: Duration = Duration::from_secs(50 * 60);
+/// A token refused as expired is replaced at once, unless it is younger than this.
+const TOKEN_MIN_AGE: Duration = Duration::from_secs(60);
+/// APNs's limit for regular notifications.
+pub const MAX_PAYLOAD: usize = 4096;
+/// Alerts are kept by APNs for a day while the phone is offline; badges for an hour.
+const ALERT_EXPIRY_SECS: u64 = 86_400;
+const BADGE_EXPIRY_SECS: u64 = 3_600;
+
+/// Sends to one APNs app.
+pub struct ApnsClient {
+    http: reqwest::Client,
+    production_url: String,
+    sandbox_url: String,
+    key: EncodingKey,
+    key_id: String,
+    team_id: String,
+    topic: String,
+    /// The current provider token and when it was minted. A std mutex: held only to read or
+    /// replace the pair.
+    token: Mutex<Option<(String, Instant)>>,
+}
+
+#[derive(Serialize)]
+struct TokenClaims<'a> {
+    iss: &'a str,
+    iat: u64,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    reason: Option<String>,
+    /// For 410: when the token stopped being valid, in milliseconds since the epoch.
+    timestamp: Option<i64>,
+}
+
+impl ApnsClient {
+    /// Reads the key and builds the HTTP/2 client.
+    pub fn new(config: &ApnsConfig, timeout: Duration) -> anyhow::Result<ApnsClient> {
+        let pem = std::fs::read(&config.key_file)
+            .with_context(|| format!("cannot read APNs key_file {}", config.key_file.display()))?;
+        let key = EncodingKey::from_ec_pem(&pem)
+            .with_context(|| format!("APNs key_file {} is not a PKCS#8 P-256 key", config.key_file.display()))?;
+        Ok(ApnsClient {
+            http: http_client(config.ca_file.as_deref(), timeout)?,
+            production_url: config.base_url.trim_end_matches('/').to_owned(),
+            sandbox_url: config.sandbox_base_url.trim_end_matches('/').to_owned(),
+            key,
+            key_id: config.key_id.clone(),
+            team_id: config.team_id.clone(),
+            topic: config.topic.clone(),
+            token: Mutex::new(None),
+        })
+    }
+
+    /// The topic devices register with.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Sends one notification and classifies the answer.
+    pub async fn send(&self, job: &PushJob) -> Result<(), SendError> {
+        let base = match job.device.environment {
+            Environment::Production => &self.production_url,
+            Environment::Sandbox => &self.sandbox_url,
+        };
+        let url = format!("{base}/3/device/{}", job.device.token);
+        let token = self.provider_token()?;
+        let (body, push_type, priority, expiry) = match &job.kind {
+            kind @ PushKind::NewMail { .. } => (alert_payload(&job.user, kind), "alert", "10", ALERT_EXPIRY_SECS),
+            PushKind::Badge { unseen } => (json!({"aps": {"badge": unseen}}).to_string(), "alert", "5", BADGE_EXPIRY_SECS),
+        };
+        let mut request = self
+            .http
+            .post(url)
+            .header("authorization", format!("bearer {token}"))
+            .header("apns-topic", &self.topic)
+            .header("apns-push-type", push_type)
+            .header("apns-priority", priority)
+            .header("apns-expiration", (unix_now() + expiry).to_string())
+            .header("apns-id", &job.id)
+            .header("content-type", "application/json");
+        if matches!(job.kind, PushKind::Badge { .. }) {
+            // Only the newest badge matters; a newer one replaces an undelivered older one.
+            request = request.header("apns-collapse-id", "badge");
+        }
+        let response = request.body(body).send().await.map_err(SendError::from_transport)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = retry_after(response.headers());
+        let error: ErrorBody = response.json().await.unwrap_or(ErrorBody {
+            reason: None,
+            timestamp: None,
+        });
+        let reason = error.reason.unwrap_or_else(|| status.to_string());
+        Err(self.classify(status, reason, error.timestamp, retry_after))
+    }
+
+    fn classify(&self, status: StatusCode, reason: String, timestamp: Option<i64>, retry_after: Option<Duration>) -> SendError {
+        match (status.as_u16(), reason.as_str()) {
+            (410, _) => SendError::Unregistered {
+                since: timestamp.map(|ms| ms / 1000),
+                reason,
+            },
+            (400, "BadDeviceToken") => SendError::Unregistered { since: None, reason },
+            (403, "ExpiredProviderToken") => {
+                self.expire_token();
+                SendError::Retry { after: Some(Duration::ZERO), reason }
+            }
+            (429 | 500 | 503, _) => SendError::Retry { after: retry_after, reason },
+            (code, _) if code >= 500 => SendError::Retry { after: retry_after, reason },
+            _ => SendError::Permanent { reason },
+        }
+    }
+
+    /// The shared provider token, minted anew when it is 50 minutes old.
+    fn provider_token(&self) -> Result<String, SendError> {
+        let mut token = self.token.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((jwt, minted)) = token.as_ref()
+            && minted.elapsed() < TOKEN_MAX_AGE
+        {
+            return Ok(jwt.clone());
+        }
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.key_id.clone());
+        let claims = TokenClaims {
+            iss: &self.team_id,
+            iat: unix_now(),
+        };
+        let jwt = jsonwebtoken::encode(&header, &claims, &self.key).map_err(|err| SendError::Permanent {
+            reason: format!("cannot sign the APNs provider token: {err}"),
+        })?;
+        *token = Some((jwt.clone(), Instant::now()));
+        Ok(jwt)
+    }
+
+    /// Drops a token APNs called expired, so the retry mints a new one; a token younger than a
+    /// minute is kept, so a confused server cannot make us renew in a loop.
+    fn expire_token(&self) {
+        let mut token = self.token.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if token.as_ref().is_some_and(|(_, minted)| minted.elapsed() >= TOKEN_MIN_AGE) {
+            *token = None;
+        }
+    }
+}
+
+/// The new-mail alert: "<sender>\n<subject>", the badge, a sound, the thread and a URL, cut
+/// to fit APNs's payload limit.
+fn alert_payload(user: &str, kind: &PushKind) -> String {
+    let PushKind::NewMail { from, subject, unseen, thread_id, url } = kind else {
+        return String::new();
+    };
+    let build = |subject: &str| {
+        let mut aps = json!({
+            "alert": format!("{from}\n{subject}"),
+            "sound": "default",
+            "thread-id": thread_id,
+        });
+        if let Some(unseen) = unseen {
+            aps["badge"] = json!(unseen);
+        }
+        json!({"aps": aps, "account": user, "url": url}).to_string()
+    };
+    let payload = build(subject);
+    if payload.len() <= MAX_PAYLOAD {
+        return payload;
+    }
+    // The longest subject prefix (in characters) that fits with an ellipsis: escaping makes
+    // bytes per character vary, so search rather than estimate.
+    let cut = |keep: usize| build(&format!("{}…", subject.chars().take(keep).collect::<String>()));
+    let (mut fits, mut too_long) = (0, subject.chars().count());
+    while fits + 1 < too_long {
+        let middle = (fits + too_long) / 2;
+        if cut(middle).len() <= MAX_PAYLOAD {
+            fits = middle;
+        } else {
+            too_long = middle;
+        }
+    }
+    cut(fits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_mail(from: &str, subject: &str) -> PushKind {
+        PushKind::NewMail {
+            from: from.into(),
+            subject: subject.into(),
+            unseen: Some(3),
+            thread_id: "alice/INBOX".into(),
+            url: "imap://h/user/alice;UIDVALIDITY=1/;UID=5".into(),
+        }
+    }
+
+    #[test]
+    fn alert_shape() {
+        let payload: serde_json::Value = serde_json::from_str(&alert_payload("alice", &new_mail("Robert Norris", "Holiday pics"))).unwrap();
+        assert_eq!(
+            payload,
+            json!({
+                "aps": {"alert": "Robert Norris\nHoliday pics", "badge": 3, "sound": "default", "thread-id": "alice/INBOX"},
+                "account": "alice",
+                "url": "imap://h/user/alice;UIDVALIDITY=1/;UID=5"
+            })
+        );
+    }
+
+    #[test]
+    fn long_subjects_are_cut_to_fit() {
+        for subject in ["x".repeat(10_000), "ü".repeat(5_000), "\"".repeat(3_000)] {
+            let payload = alert_payload("alice", &new_mail("Robert", &subject));
+            assert!(payload.len() <= MAX_PAYLOAD, "{}", payload.len());
+            assert!(payload.len() > MAX_PAYLOAD - 200, "not cut more than needed: {}", payload.len());
+            let value: serde_json::Value = serde_json::from_str(&payload).unwrap();
+            assert!(value["aps"]["alert"].as_str().unwrap().ends_with('…'));
+        }
+    }
+}
