@@ -160,7 +160,11 @@ impl Metrics {
             pushes.clone(),
         );
         let push_queue = Gauge::default();
-        registry.register("push_queue_depth", "Pushes waiting for a sender", push_queue.clone());
+        registry.register(
+            "push_queue_depth",
+            "Pushes waiting for a sender",
+            push_queue.clone(),
+        );
         Metrics {
             registry,
             pushes,
@@ -225,7 +229,11 @@ impl Metrics {
     /// Counts what became of a device push.
     pub fn push_outcome(&self, provider: &'static str, app: &str, outcome: &'static str) {
         self.pushes
-            .get_or_create(&PushLabels { provider, app: app.to_owned(), outcome })
+            .get_or_create(&PushLabels {
+                provider,
+                app: app.to_owned(),
+                outcome,
+            })
             .inc();
     }
 
@@ -273,7 +281,10 @@ mod tests {
         metrics.event_received(Source::Cyrus, "MessageNew", Some("slot1"));
         metrics.event_received(Source::Cyrus, "MessageNew", Some("slot1"));
         metrics.packet_rejected(Source::Dlist, "truncated");
-        let text = metrics.render(Levels { connections: 3, push_queue: 0 });
+        let text = metrics.render(Levels {
+            connections: 3,
+            push_queue: 0,
+        });
         assert!(
             text.contains("mailpush_events_received_total{source=\"cyrus\",type=\"MessageNew\"} 2"),
             "{text}"

@@ -76,7 +76,10 @@ fn device_push(event: &Event) -> Option<PushRequest> {
         Kind::MessageNew => {
             let envelope = event.envelope.clone().unwrap_or_default();
             PushKind::NewMail {
-                from: envelope.from_name.or(envelope.from_address).unwrap_or_default(),
+                from: envelope
+                    .from_name
+                    .or(envelope.from_address)
+                    .unwrap_or_default(),
                 subject: envelope.subject.unwrap_or_default(),
                 unseen: event.unseen,
                 thread_id: format!("{user}/INBOX"),
@@ -91,10 +94,15 @@ fn device_push(event: &Event) -> Option<PushRequest> {
         | Kind::MessageCopy
         | Kind::MessageMove
         | Kind::FlagsSet
-        | Kind::FlagsClear => PushKind::Badge { unseen: event.unseen? },
+        | Kind::FlagsClear => PushKind::Badge {
+            unseen: event.unseen?,
+        },
         _ => return None,
     };
-    Some(PushRequest { user: user.clone(), kind })
+    Some(PushRequest {
+        user: user.clone(),
+        kind,
+    })
 }
 
 /// The state rule: `vnd.fastmail.counters` when Cyrus sends them (they are per user), else the
@@ -166,7 +174,10 @@ mod tests {
             .collect();
         let expect: Vec<PushRequest> = expect
             .into_iter()
-            .map(|kind| PushRequest { user: "alice".into(), kind })
+            .map(|kind| PushRequest {
+                user: "alice".into(),
+                kind,
+            })
             .collect();
         assert_eq!(got, expect, "{json}");
     }
@@ -177,7 +188,9 @@ mod tests {
     fn push_rules() {
         let envelope = r#""vnd.cmu.envelope":"(NIL \"=?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\" ((\"Robert Norris\" NIL \"rob\" \"example.net\")) NIL NIL NIL NIL NIL NIL NIL)""#;
         check_push(
-            &format!(r#"{{"event":"MessageNew","uri":"{INBOX}/;UID=3","vnd.cmu.mbtype":"e","vnd.cmu.unseenMessages":4,{envelope}}}"#),
+            &format!(
+                r#"{{"event":"MessageNew","uri":"{INBOX}/;UID=3","vnd.cmu.mbtype":"e","vnd.cmu.unseenMessages":4,{envelope}}}"#
+            ),
             Some(PushKind::NewMail {
                 from: "Robert Norris".into(),
                 subject: "Grüße".into(),
@@ -188,7 +201,9 @@ mod tests {
         );
         // No display name: the address; no envelope at all: empty strings, still an alert.
         check_push(
-            &format!(r#"{{"event":"MessageNew","uri":"{INBOX}/;UID=3","vnd.cmu.mbtype":"e","vnd.cmu.envelope":"(NIL NIL ((NIL NIL \"rob\" \"example.net\")) NIL NIL NIL NIL NIL NIL NIL)"}}"#),
+            &format!(
+                r#"{{"event":"MessageNew","uri":"{INBOX}/;UID=3","vnd.cmu.mbtype":"e","vnd.cmu.envelope":"(NIL NIL ((NIL NIL \"rob\" \"example.net\")) NIL NIL NIL NIL NIL NIL NIL)"}}"#
+            ),
             Some(PushKind::NewMail {
                 from: "rob@example.net".into(),
                 subject: String::new(),
@@ -197,20 +212,51 @@ mod tests {
                 url: format!("{INBOX}/;UID=3"),
             }),
         );
-        for kind in ["MessageRead", "FlagsSet", "FlagsClear", "MessageTrash", "MessageExpunge", "MessageAppend", "vnd.cmu.MessageMove", "vnd.cmu.MessageCopy"] {
+        for kind in [
+            "MessageRead",
+            "FlagsSet",
+            "FlagsClear",
+            "MessageTrash",
+            "MessageExpunge",
+            "MessageAppend",
+            "vnd.cmu.MessageMove",
+            "vnd.cmu.MessageCopy",
+        ] {
             check_push(
-                &format!(r#"{{"event":"{kind}","uri":"{INBOX}","vnd.cmu.mbtype":"e","vnd.cmu.unseenMessages":2}}"#),
+                &format!(
+                    r#"{{"event":"{kind}","uri":"{INBOX}","vnd.cmu.mbtype":"e","vnd.cmu.unseenMessages":2}}"#
+                ),
                 Some(PushKind::Badge { unseen: 2 }),
             );
         }
         // Without the unseen count there is no badge to set.
-        check_push(&format!(r#"{{"event":"MessageRead","uri":"{INBOX}","vnd.cmu.mbtype":"e"}}"#), None);
+        check_push(
+            &format!(r#"{{"event":"MessageRead","uri":"{INBOX}","vnd.cmu.mbtype":"e"}}"#),
+            None,
+        );
         // Other folders, other mailbox types, other events and shared mailboxes push nothing.
-        check_push(r#"{"event":"MessageNew","uri":"imap://h/user/alice/Work;UIDVALIDITY=1/;UID=1","vnd.cmu.mbtype":"e","vnd.cmu.unseenMessages":1}"#, None);
-        check_push(r#"{"event":"MessageNew","uri":"imap://h/user/alice/%23calendars/Default;UIDVALIDITY=1/;UID=1","vnd.cmu.mbtype":"c"}"#, None);
-        check_push(&format!(r#"{{"event":"MailboxModseq","uri":"{INBOX}","vnd.cmu.mbtype":"e","vnd.cmu.unseenMessages":1}}"#), None);
-        check_push(&format!(r#"{{"event":"MessageNew","uri":"{INBOX}/;UID=1"}}"#), None);
-        check_push(r#"{"event":"MessageNew","uri":"imap://h/shared.news;UIDVALIDITY=1/;UID=1","vnd.cmu.mbtype":"e"}"#, None);
+        check_push(
+            r#"{"event":"MessageNew","uri":"imap://h/user/alice/Work;UIDVALIDITY=1/;UID=1","vnd.cmu.mbtype":"e","vnd.cmu.unseenMessages":1}"#,
+            None,
+        );
+        check_push(
+            r#"{"event":"MessageNew","uri":"imap://h/user/alice/%23calendars/Default;UIDVALIDITY=1/;UID=1","vnd.cmu.mbtype":"c"}"#,
+            None,
+        );
+        check_push(
+            &format!(
+                r#"{{"event":"MailboxModseq","uri":"{INBOX}","vnd.cmu.mbtype":"e","vnd.cmu.unseenMessages":1}}"#
+            ),
+            None,
+        );
+        check_push(
+            &format!(r#"{{"event":"MessageNew","uri":"{INBOX}/;UID=1"}}"#),
+            None,
+        );
+        check_push(
+            r#"{"event":"MessageNew","uri":"imap://h/shared.news;UIDVALIDITY=1/;UID=1","vnd.cmu.mbtype":"e"}"#,
+            None,
+        );
         check_push(r#"{"event":"Login","uri":"imap://h","user":"alice"}"#, None);
     }
 

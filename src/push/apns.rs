@@ -23,8 +23,6 @@ use crate::store::Environment;
 /// A provider token is renewed after this age (APNs refuses them after 60 minutes and
 /// throttles renewals more often than every 20).
 const TOKEN_MAX_AGE: Duration = Duration::from_secs(50 * 60);
-/// A token refused as expired is replaced at once, unless it is younger than this.
-const TOKEN_MIN_AGE: Duration = Duration::from_secs(60);
 /// APNs's limit for regular notifications.
 pub const MAX_PAYLOAD: usize = 4096;
 /// Alerts are kept by APNs for a day while the phone is offline; badges for an hour.
@@ -63,8 +61,12 @@ impl ApnsClient {
     pub fn new(config: &ApnsConfig, timeout: Duration) -> anyhow::Result<ApnsClient> {
         let pem = std::fs::read(&config.key_file)
             .with_context(|| format!("cannot read APNs key_file {}", config.key_file.display()))?;
-        let key = EncodingKey::from_ec_pem(&pem)
-            .with_context(|| format!("APNs key_file {} is not a PKCS#8 P-256 key", config.key_file.display()))?;
+        let key = EncodingKey::from_ec_pem(&pem).with_context(|| {
+            format!(
+                "APNs key_file {} is not a PKCS#8 P-256 key",
+                config.key_file.display()
+            )
+        })?;
         Ok(ApnsClient {
             http: http_client(config.ca_file.as_deref(), timeout)?,
             production_url: config.base_url.trim_end_matches('/').to_owned(),
@@ -91,8 +93,18 @@ impl ApnsClient {
         let url = format!("{base}/3/device/{}", job.device.token);
         let token = self.provider_token()?;
         let (body, push_type, priority, expiry) = match &job.kind {
-            kind @ PushKind::NewMail { .. } => (alert_payload(&job.user, kind), "alert", "10", ALERT_EXPIRY_SECS),
-            PushKind::Badge { unseen } => (json!({"aps": {"badge": unseen}}).to_string(), "alert", "5", BADGE_EXPIRY_SECS),
+            kind @ PushKind::NewMail { .. } => (
+                alert_payload(&job.user, kind),
+                "alert",
+                "10",
+                ALERT_EXPIRY_SECS,
+            ),
+            PushKind::Badge { unseen } => (
+                json!({"aps": {"badge": unseen}}).to_string(),
+                "alert",
+                "5",
+                BADGE_EXPIRY_SECS,
+            ),
         };
         let mut request = self
             .http
@@ -108,7 +120,11 @@ impl ApnsClient {
             // Only the newest badge matters; a newer one replaces an undelivered older one.
             request = request.header("apns-collapse-id", "badge");
         }
-        let response = request.body(body).send().await.map_err(SendError::from_transport)?;
+        let response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(SendError::from_transport)?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -122,26 +138,47 @@ impl ApnsClient {
         Err(self.classify(status, reason, error.timestamp, retry_after))
     }
 
-    fn classify(&self, status: StatusCode, reason: String, timestamp: Option<i64>, retry_after: Option<Duration>) -> SendError {
+    fn classify(
+        &self,
+        status: StatusCode,
+        reason: String,
+        timestamp: Option<i64>,
+        retry_after: Option<Duration>,
+    ) -> SendError {
         match (status.as_u16(), reason.as_str()) {
             (410, _) => SendError::Unregistered {
                 since: timestamp.map(|ms| ms / 1000),
                 reason,
             },
-            (400, "BadDeviceToken") => SendError::Unregistered { since: None, reason },
+            (400, "BadDeviceToken") => SendError::Unregistered {
+                since: None,
+                reason,
+            },
             (403, "ExpiredProviderToken") => {
                 self.expire_token();
-                SendError::Retry { after: Some(Duration::ZERO), reason }
+                SendError::Retry {
+                    after: Some(Duration::ZERO),
+                    reason,
+                }
             }
-            (429 | 500 | 503, _) => SendError::Retry { after: retry_after, reason },
-            (code, _) if code >= 500 => SendError::Retry { after: retry_after, reason },
+            (429 | 500 | 503, _) => SendError::Retry {
+                after: retry_after,
+                reason,
+            },
+            (code, _) if code >= 500 => SendError::Retry {
+                after: retry_after,
+                reason,
+            },
             _ => SendError::Permanent { reason },
         }
     }
 
     /// The shared provider token, minted anew when it is 50 minutes old.
     fn provider_token(&self) -> Result<String, SendError> {
-        let mut token = self.token.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut token = self
+            .token
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((jwt, minted)) = token.as_ref()
             && minted.elapsed() < TOKEN_MAX_AGE
         {
@@ -153,27 +190,36 @@ impl ApnsClient {
             iss: &self.team_id,
             iat: unix_now(),
         };
-        let jwt = jsonwebtoken::encode(&header, &claims, &self.key).map_err(|err| SendError::Permanent {
-            reason: format!("cannot sign the APNs provider token: {err}"),
+        let jwt = jsonwebtoken::encode(&header, &claims, &self.key).map_err(|err| {
+            SendError::Permanent {
+                reason: format!("cannot sign the APNs provider token: {err}"),
+            }
         })?;
         *token = Some((jwt.clone(), Instant::now()));
         Ok(jwt)
     }
 
-    /// Drops a token APNs called expired, so the retry mints a new one; a token younger than a
-    /// minute is kept, so a confused server cannot make us renew in a loop.
+    /// Drops a token APNs called expired, so the retry mints a new one. Renewals stay bounded
+    /// by the retry limit, and APNs answers over-eager renewals with a retryable 429.
     fn expire_token(&self) {
-        let mut token = self.token.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if token.as_ref().is_some_and(|(_, minted)| minted.elapsed() >= TOKEN_MIN_AGE) {
-            *token = None;
-        }
+        *self
+            .token
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
     }
 }
 
 /// The new-mail alert: "<sender>\n<subject>", the badge, a sound, the thread and a URL, cut
 /// to fit APNs's payload limit.
 fn alert_payload(user: &str, kind: &PushKind) -> String {
-    let PushKind::NewMail { from, subject, unseen, thread_id, url } = kind else {
+    let PushKind::NewMail {
+        from,
+        subject,
+        unseen,
+        thread_id,
+        url,
+    } = kind
+    else {
         return String::new();
     };
     let build = |subject: &str| {
@@ -193,7 +239,12 @@ fn alert_payload(user: &str, kind: &PushKind) -> String {
     }
     // The longest subject prefix (in characters) that fits with an ellipsis: escaping makes
     // bytes per character vary, so search rather than estimate.
-    let cut = |keep: usize| build(&format!("{}…", subject.chars().take(keep).collect::<String>()));
+    let cut = |keep: usize| {
+        build(&format!(
+            "{}…",
+            subject.chars().take(keep).collect::<String>()
+        ))
+    };
     let (mut fits, mut too_long) = (0, subject.chars().count());
     while fits + 1 < too_long {
         let middle = (fits + too_long) / 2;
@@ -222,7 +273,11 @@ mod tests {
 
     #[test]
     fn alert_shape() {
-        let payload: serde_json::Value = serde_json::from_str(&alert_payload("alice", &new_mail("Robert Norris", "Holiday pics"))).unwrap();
+        let payload: serde_json::Value = serde_json::from_str(&alert_payload(
+            "alice",
+            &new_mail("Robert Norris", "Holiday pics"),
+        ))
+        .unwrap();
         assert_eq!(
             payload,
             json!({
@@ -238,7 +293,11 @@ mod tests {
         for subject in ["x".repeat(10_000), "ü".repeat(5_000), "\"".repeat(3_000)] {
             let payload = alert_payload("alice", &new_mail("Robert", &subject));
             assert!(payload.len() <= MAX_PAYLOAD, "{}", payload.len());
-            assert!(payload.len() > MAX_PAYLOAD - 200, "not cut more than needed: {}", payload.len());
+            assert!(
+                payload.len() > MAX_PAYLOAD - 200,
+                "not cut more than needed: {}",
+                payload.len()
+            );
             let value: serde_json::Value = serde_json::from_str(&payload).unwrap();
             assert!(value["aps"]["alert"].as_str().unwrap().ends_with('…'));
         }

@@ -18,8 +18,12 @@ pub struct Breaker {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// One probe is out; everything else waits for its result.
     Probing,
 }
@@ -36,7 +40,10 @@ impl Breaker {
 
     /// Whether a request may go out now.
     pub fn allow(&self) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match *state {
             State::Closed { .. } => true,
             State::Open { until } if Instant::now() >= until => {
@@ -50,7 +57,10 @@ impl Breaker {
 
     /// Records a request the provider handled.
     pub fn success(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if *state == State::Probing {
             tracing::info!("provider circuit closed again");
         }
@@ -59,10 +69,15 @@ impl Breaker {
 
     /// Records a request the provider failed (timeout, 5xx, 429).
     pub fn failure(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let open = match *state {
             State::Closed { failures } if failures + 1 < self.threshold => {
-                *state = State::Closed { failures: failures + 1 };
+                *state = State::Closed {
+                    failures: failures + 1,
+                };
                 false
             }
             State::Closed { .. } | State::Probing => true,
@@ -70,14 +85,22 @@ impl Breaker {
             State::Open { .. } => false,
         };
         if open {
-            *state = State::Open { until: Instant::now() + self.cooldown };
+            *state = State::Open {
+                until: Instant::now() + self.cooldown,
+            };
             tracing::warn!(cooldown = ?self.cooldown, "provider circuit open: pausing pushes to it");
         }
     }
 
     /// Whether requests are being held back now.
     pub fn is_open(&self) -> bool {
-        !matches!(*self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), State::Closed { .. })
+        !matches!(
+            *self
+                .state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            State::Closed { .. }
+        )
     }
 }
 

@@ -138,26 +138,50 @@ impl FcmClient {
         Err(self.classify(status, body.error, retry_after).await)
     }
 
-    async fn classify(&self, status: StatusCode, error: ErrorStatus, retry_after: Option<Duration>) -> SendError {
+    async fn classify(
+        &self,
+        status: StatusCode,
+        error: ErrorStatus,
+        retry_after: Option<Duration>,
+    ) -> SendError {
         let code = error
             .details
             .iter()
             .find_map(|detail| detail.error_code.clone())
             .unwrap_or_else(|| error.status.clone());
-        let reason = if error.message.is_empty() { code.clone() } else { format!("{code}: {}", error.message) };
+        let reason = if error.message.is_empty() {
+            code.clone()
+        } else {
+            format!("{code}: {}", error.message)
+        };
         match (code.as_str(), status.as_u16()) {
-            ("UNREGISTERED" | "SENDER_ID_MISMATCH", _) | (_, 404) => SendError::Unregistered { since: None, reason },
+            ("UNREGISTERED" | "SENDER_ID_MISMATCH", _) | (_, 404) => SendError::Unregistered {
+                since: None,
+                reason,
+            },
             ("INVALID_ARGUMENT", _) if error.message.contains("registration token") => {
-                SendError::Unregistered { since: None, reason }
+                SendError::Unregistered {
+                    since: None,
+                    reason,
+                }
             }
             ("THIRD_PARTY_AUTH_ERROR", _) => SendError::Permanent { reason },
             (_, 401) => {
                 // The access token was refused: the retry fetches a new one.
                 *self.token.lock().await = None;
-                SendError::Retry { after: Some(Duration::ZERO), reason }
+                SendError::Retry {
+                    after: Some(Duration::ZERO),
+                    reason,
+                }
             }
-            ("QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL", _) | (_, 429) => SendError::Retry { after: retry_after, reason },
-            (_, code) if code >= 500 => SendError::Retry { after: retry_after, reason },
+            ("QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL", _) | (_, 429) => SendError::Retry {
+                after: retry_after,
+                reason,
+            },
+            (_, code) if code >= 500 => SendError::Retry {
+                after: retry_after,
+                reason,
+            },
             _ => SendError::Permanent { reason },
         }
     }
@@ -189,10 +213,15 @@ impl FcmClient {
         };
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(self.account.private_key_id.clone());
-        let assertion = jsonwebtoken::encode(&header, &claims, &self.key).map_err(|err| SendError::Permanent {
-            reason: format!("cannot sign the OAuth2 assertion: {err}"),
+        let assertion = jsonwebtoken::encode(&header, &claims, &self.key).map_err(|err| {
+            SendError::Permanent {
+                reason: format!("cannot sign the OAuth2 assertion: {err}"),
+            }
         })?;
-        let form = [("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", &assertion)];
+        let form = [
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("assertion", &assertion),
+        ];
         let response = self
             .http
             .post(&self.account.token_uri)
@@ -203,11 +232,16 @@ impl FcmClient {
         let status = response.status();
         if !status.is_success() {
             let reason = format!("token endpoint answered {status}");
-            return Err(if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                SendError::Retry { after: None, reason }
-            } else {
-                SendError::Permanent { reason }
-            });
+            return Err(
+                if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                    SendError::Retry {
+                        after: None,
+                        reason,
+                    }
+                } else {
+                    SendError::Permanent { reason }
+                },
+            );
         }
         let token: TokenResponse = response.json().await.map_err(|err| SendError::Retry {
             after: None,

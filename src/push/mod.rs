@@ -49,7 +49,10 @@ pub struct PushJob {
 pub enum SendError {
     /// Worth another try: 429, 5xx, timeouts, connection errors, a refreshed credential.
     /// `after` is the provider's Retry-After, when it gave one.
-    Retry { after: Option<Duration>, reason: String },
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
     /// The token is dead (APNs 410 or BadDeviceToken, FCM UNREGISTERED): remove the device,
     /// unless it registered again after `since` (seconds since the epoch).
     Unregistered { since: Option<i64>, reason: String },
@@ -66,7 +69,10 @@ impl SendError {
         } else {
             format!("transport error: {err}")
         };
-        SendError::Retry { after: None, reason }
+        SendError::Retry {
+            after: None,
+            reason,
+        }
     }
 }
 
@@ -106,6 +112,9 @@ pub struct Provider {
 enum Client {
     Apns(apns::ApnsClient),
     Fcm(fcm::FcmClient),
+    /// Answers from a script and records when it was called: the retry loop under paused time.
+    #[cfg(test)]
+    Scripted(tests::Scripted),
 }
 
 /// Retry policy for one delivery.
@@ -120,17 +129,42 @@ impl Providers {
     /// Builds a client for every `[push.apns.<name>]` and `[push.fcm.<name>]` section.
     pub fn from_config(config: &PushConfig) -> anyhow::Result<Providers> {
         let timeout = Duration::from_millis(config.request_timeout_ms);
-        let breaker = || Breaker::new(config.breaker_threshold, Duration::from_millis(config.breaker_cooldown_ms));
+        let breaker = || {
+            Breaker::new(
+                config.breaker_threshold,
+                Duration::from_millis(config.breaker_cooldown_ms),
+            )
+        };
         let mut providers = Providers::default();
         for (name, apns) in &config.apns {
-            let client = apns::ApnsClient::new(apns, timeout).with_context(|| format!("[push.apns.{name}]"))?;
+            let client = apns::ApnsClient::new(apns, timeout)
+                .with_context(|| format!("[push.apns.{name}]"))?;
             let app = client.topic().to_owned();
-            providers.apns.insert(app.clone(), Arc::new(Provider::new("apns", app, Client::Apns(client), config.max_in_flight, breaker())));
+            providers.apns.insert(
+                app.clone(),
+                Arc::new(Provider::new(
+                    "apns",
+                    app,
+                    Client::Apns(client),
+                    config.max_in_flight,
+                    breaker(),
+                )),
+            );
         }
         for (name, fcm) in &config.fcm {
-            let client = fcm::FcmClient::new(name, fcm, timeout).with_context(|| format!("[push.fcm.{name}]"))?;
+            let client = fcm::FcmClient::new(name, fcm, timeout)
+                .with_context(|| format!("[push.fcm.{name}]"))?;
             let app = client.app().to_owned();
-            providers.fcm.insert(app.clone(), Arc::new(Provider::new("fcm", app, Client::Fcm(client), config.max_in_flight, breaker())));
+            providers.fcm.insert(
+                app.clone(),
+                Arc::new(Provider::new(
+                    "fcm",
+                    app,
+                    Client::Fcm(client),
+                    config.max_in_flight,
+                    breaker(),
+                )),
+            );
         }
         if providers.apns.is_empty() {
             tracing::info!("APNs is off: no [push.apns.<name>] section");
@@ -150,7 +184,13 @@ impl Providers {
 }
 
 impl Provider {
-    fn new(kind: &'static str, app: String, client: Client, max_in_flight: usize, breaker: Breaker) -> Provider {
+    fn new(
+        kind: &'static str,
+        app: String,
+        client: Client,
+        max_in_flight: usize,
+        breaker: Breaker,
+    ) -> Provider {
         Provider {
             kind,
             app,
@@ -164,6 +204,8 @@ impl Provider {
         match &self.client {
             Client::Apns(client) => client.send(job).await,
             Client::Fcm(client) => client.send(job).await,
+            #[cfg(test)]
+            Client::Scripted(client) => client.send(),
         }
     }
 }
@@ -173,7 +215,8 @@ impl PushHandle {
     pub fn enqueue(&self, request: PushRequest) {
         for device in self.devices.devices_of(&request.user) {
             let Some(provider) = self.providers.for_device(&device) else {
-                self.metrics.push_outcome(device.platform.as_str(), "-", "no_provider");
+                self.metrics
+                    .push_outcome(device.platform.as_str(), "-", "no_provider");
                 continue;
             };
             let job = PushJob {
@@ -183,8 +226,13 @@ impl PushHandle {
                 device,
             };
             if let Overflow::Dropped(dropped) = self.queue.push(job) {
-                let what = if dropped.is_alert() { "dropped_alert" } else { "dropped_badge" };
-                self.metrics.push_outcome(provider.kind, &provider.app, what);
+                let what = if dropped.is_alert() {
+                    "dropped_alert"
+                } else {
+                    "dropped_badge"
+                };
+                self.metrics
+                    .push_outcome(provider.kind, &provider.app, what);
                 tracing::warn!(push = %dropped.id, user = %dropped.user, "push queue full: dropped");
             }
         }
@@ -251,7 +299,11 @@ impl Sender {
                 continue;
             };
             if !provider.breaker.allow() {
-                self.handle.metrics.push_outcome(provider.kind, &provider.app, "dropped_breaker_open");
+                self.handle.metrics.push_outcome(
+                    provider.kind,
+                    &provider.app,
+                    "dropped_breaker_open",
+                );
                 continue;
             }
             let permit = tokio::select! {
@@ -321,7 +373,8 @@ impl Delivery {
                         return;
                     }
                     self.metrics.push_outcome(kind, app, "retried");
-                    let delay = after.unwrap_or_else(|| self.policy.delay(attempt, random_fraction()));
+                    let delay =
+                        after.unwrap_or_else(|| self.policy.delay(attempt, random_fraction()));
                     tracing::debug!(push = %self.job.id, provider = kind, attempt, ?delay, reason, "push will be retried");
                     tokio::select! {
                         () = self.shutdown.cancelled() => {
@@ -339,7 +392,11 @@ impl Delivery {
         let (kind, app) = (self.provider.kind, self.provider.app.as_str());
         let device = &self.job.device;
         let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-        match self.store.remove_dead_token(device.platform, &device.token, since, reason, now).await {
+        match self
+            .store
+            .remove_dead_token(device.platform, &device.token, since, reason, now)
+            .await
+        {
             Ok(Some(removed)) => {
                 self.devices.remove(&removed);
                 self.metrics.push_outcome(kind, app, "token_removed");
@@ -361,7 +418,9 @@ impl RetryPolicy {
     /// The wait before attempt `attempt + 1`: `base·2^(attempt-1)`, of which the upper half is
     /// random ("equal jitter"), then capped; so waits never shrink from one attempt to the next.
     pub fn delay(&self, attempt: u32, random: f64) -> Duration {
-        let exponential = self.base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
+        let exponential = self
+            .base
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
         let jittered = exponential / 2 + exponential.mul_f64(random.clamp(0.0, 1.0) / 2.0);
         jittered.min(self.cap)
     }
@@ -374,8 +433,10 @@ fn http_client(ca_file: Option<&Path>, timeout: Duration) -> anyhow::Result<reqw
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)));
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path).with_context(|| format!("cannot read ca_file {}", path.display()))?;
-        let certificate = reqwest::Certificate::from_pem(&pem).with_context(|| format!("ca_file {} is not a PEM certificate", path.display()))?;
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read ca_file {}", path.display()))?;
+        let certificate = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("ca_file {} is not a PEM certificate", path.display()))?;
         builder = builder.tls_certs_merge([certificate]);
     }
     builder.build().context("cannot build the HTTP client")
@@ -383,7 +444,13 @@ fn http_client(ca_file: Option<&Path>, timeout: Duration) -> anyhow::Result<reqw
 
 /// A `Retry-After` given in seconds.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let seconds: u64 = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    let seconds: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(seconds.min(3600)))
 }
 
@@ -407,23 +474,134 @@ fn uuid_v4() -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
     use super::*;
+    use crate::store::Environment;
+
+    /// A provider that answers from a script and records the (paused) time of each call.
+    pub(super) struct Scripted {
+        answers: Mutex<VecDeque<Result<(), SendError>>>,
+        pub(super) calls: Mutex<Vec<tokio::time::Instant>>,
+    }
+
+    impl Scripted {
+        pub(super) fn send(&self) -> Result<(), SendError> {
+            self.calls.lock().unwrap().push(tokio::time::Instant::now());
+            self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()))
+        }
+    }
+
+    fn retry() -> Result<(), SendError> {
+        Err(SendError::Retry {
+            after: None,
+            reason: "503".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn retries_wait_longer_each_time_and_stop_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(None, &dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        // The store's pool runs on real time; everything after this on paused time.
+        tokio::time::pause();
+        let scripted = Scripted {
+            answers: Mutex::new(VecDeque::from([
+                retry(),
+                retry(),
+                retry(),
+                retry(),
+                retry(),
+                Ok(()),
+            ])),
+            calls: Mutex::new(Vec::new()),
+        };
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60),
+        };
+        let provider = Arc::new(Provider::new(
+            "apns",
+            "app".into(),
+            Client::Scripted(scripted),
+            1,
+            Breaker::new(100, Duration::from_secs(1)),
+        ));
+        let device = Device {
+            id: 1,
+            user_id: "alice".into(),
+            platform: Platform::Apns,
+            token: "aa".into(),
+            app: "app".into(),
+            environment: Environment::Production,
+            created_at: 0,
+            registered_at: 0,
+        };
+        let delivery = Delivery {
+            job: PushJob {
+                id: uuid_v4(),
+                user: "alice".into(),
+                device,
+                kind: PushKind::Badge { unseen: 1 },
+            },
+            provider: provider.clone(),
+            store,
+            devices: Arc::new(DeviceCache::default()),
+            metrics: Arc::new(Metrics::new()),
+            policy,
+            shutdown: CancellationToken::new(),
+        };
+        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        delivery.run(permit).await;
+        let Client::Scripted(scripted) = &provider.client else {
+            unreachable!("scripted client")
+        };
+        let calls = scripted.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 5, "five attempts, then given up");
+        let gaps: Vec<Duration> = calls.windows(2).map(|pair| pair[1] - pair[0]).collect();
+        for (index, gap) in gaps.iter().enumerate() {
+            let full = Duration::from_secs(1 << index);
+            assert!(
+                *gap >= full / 2 && *gap <= full,
+                "gap {index}: {gap:?} of {gaps:?}"
+            );
+        }
+        assert!(gaps.windows(2).all(|pair| pair[1] >= pair[0]), "{gaps:?}");
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let policy = RetryPolicy { max_attempts: 8, base: Duration::from_secs(1), cap: Duration::from_secs(10) };
+        let policy = RetryPolicy {
+            max_attempts: 8,
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(10),
+        };
         assert_eq!(policy.delay(1, 0.0), Duration::from_millis(500));
         assert_eq!(policy.delay(1, 1.0), Duration::from_secs(1));
         assert_eq!(policy.delay(2, 0.0), Duration::from_secs(1));
         assert_eq!(policy.delay(3, 0.5), Duration::from_secs(3));
         assert_eq!(policy.delay(10, 1.0), Duration::from_secs(10));
         for attempt in 1..40 {
-            assert!(policy.delay(attempt + 1, 0.0) >= policy.delay(attempt, 1.0), "waits never shrink");
+            assert!(
+                policy.delay(attempt + 1, 0.0) >= policy.delay(attempt, 1.0),
+                "waits never shrink"
+            );
         }
     }
 
@@ -432,7 +610,11 @@ mod tests {
         let id = uuid_v4();
         assert_eq!(id.len(), 36);
         assert_eq!(id.as_bytes()[14], b'4');
-        assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{id}");
+        assert!(
+            id.chars()
+                .all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+            "{id}"
+        );
         assert_ne!(uuid_v4(), id);
         let fraction = random_fraction();
         assert!((0.0..1.0).contains(&fraction));

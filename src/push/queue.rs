@@ -49,7 +49,10 @@ impl<T: Droppable> PushQueue<T> {
     /// Adds an item, never waiting; says what was dropped if the queue was full.
     pub fn push(&self, item: T) -> Overflow<T> {
         let overflow = {
-            let mut items = self.items.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut items = self
+                .items
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             if items.len() < self.capacity {
                 items.push_back(item);
                 Overflow::None
@@ -83,12 +86,18 @@ impl<T: Droppable> PushQueue<T> {
 
     /// Takes the oldest item if there is one.
     pub fn try_pop(&self) -> Option<T> {
-        self.items.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop_front()
+        self.items
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop_front()
     }
 
     /// Items waiting now.
     pub fn len(&self) -> usize {
-        self.items.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
+        self.items
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
     }
 
     /// Whether nothing waits.
@@ -127,11 +136,23 @@ mod tests {
         assert_eq!(queue.push(Item::Alert(2)), Overflow::None);
         assert_eq!(queue.push(Item::Badge(3)), Overflow::None);
         // Full: a new badge is dropped, a new alert evicts the oldest badge.
-        assert_eq!(queue.push(Item::Badge(4)), Overflow::Dropped(Item::Badge(4)));
-        assert_eq!(queue.push(Item::Alert(5)), Overflow::Dropped(Item::Badge(1)));
-        assert_eq!(queue.push(Item::Alert(6)), Overflow::Dropped(Item::Badge(3)));
+        assert_eq!(
+            queue.push(Item::Badge(4)),
+            Overflow::Dropped(Item::Badge(4))
+        );
+        assert_eq!(
+            queue.push(Item::Alert(5)),
+            Overflow::Dropped(Item::Badge(1))
+        );
+        assert_eq!(
+            queue.push(Item::Alert(6)),
+            Overflow::Dropped(Item::Badge(3))
+        );
         // Only alerts left: a new alert is dropped.
-        assert_eq!(queue.push(Item::Alert(7)), Overflow::Dropped(Item::Alert(7)));
+        assert_eq!(
+            queue.push(Item::Alert(7)),
+            Overflow::Dropped(Item::Alert(7))
+        );
         assert_eq!(queue.len(), 3);
         let order: Vec<Item> = std::iter::from_fn(|| queue.try_pop()).collect();
         assert_eq!(order, [Item::Alert(2), Item::Alert(5), Item::Alert(6)]);

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod mock;
 pub mod server;
 pub mod sse;
 
@@ -130,6 +131,11 @@ impl Drop for TestApp {
 impl TestAppBuilder {
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn envs(mut self, pairs: Vec<(String, String)>) -> Self {
+        self.env.extend(pairs);
         self
     }
 
