@@ -146,6 +146,54 @@ impl Config {
                 );
             }
         }
+        let push = &self.push;
+        for (key, value) in [
+            (
+                "push.max_devices_per_user",
+                push.max_devices_per_user as u64,
+            ),
+            ("push.queue_capacity", push.queue_capacity as u64),
+            ("push.max_in_flight", push.max_in_flight as u64),
+            ("push.request_timeout_ms", push.request_timeout_ms),
+            ("push.max_attempts", u64::from(push.max_attempts)),
+            ("push.breaker_threshold", u64::from(push.breaker_threshold)),
+        ] {
+            if value == 0 {
+                return fail(key, "must be at least 1");
+            }
+        }
+        for (name, apns) in &push.apns {
+            for (field, url) in [
+                ("base_url", &apns.base_url),
+                ("sandbox_base_url", &apns.sandbox_base_url),
+            ] {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return fail(
+                        &format!("push.apns.{name}.{field}"),
+                        "must be an http(s) URL",
+                    );
+                }
+            }
+            if apns.key_id.len() != 10 || apns.team_id.len() != 10 {
+                let key = if apns.key_id.len() != 10 {
+                    "key_id"
+                } else {
+                    "team_id"
+                };
+                return fail(
+                    &format!("push.apns.{name}.{key}"),
+                    "must be the 10-character id from Apple",
+                );
+            }
+        }
+        for (name, fcm) in &push.fcm {
+            if !(fcm.base_url.starts_with("https://") || fcm.base_url.starts_with("http://")) {
+                return fail(
+                    &format!("push.fcm.{name}.base_url"),
+                    "must be an http(s) URL",
+                );
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return fail(
                 "log.level",
@@ -341,6 +389,42 @@ mod tests {
         check_err(None, &[("MAILPUSH_LOG__FORMAT", "xml")], "log.format");
         check_err(None, &[("MAILPUSH_LOG__LEVEL", "[[[")], "log.level");
         check_err(None, &[("MAILPUSH_HTTP", "x")], "MAILPUSH_HTTP");
+        check_err(
+            None,
+            &[("MAILPUSH_PUSH__MAX_ATTEMPTS", "0")],
+            "push.max_attempts",
+        );
+        let apns = |key: &str, value: &str| {
+            let mut pairs = vec![
+                ("MAILPUSH_PUSH__APNS__MAIN__KEY_FILE", "k.p8"),
+                ("MAILPUSH_PUSH__APNS__MAIN__KEY_ID", "KEYID12345"),
+                ("MAILPUSH_PUSH__APNS__MAIN__TEAM_ID", "TEAMID6789"),
+                ("MAILPUSH_PUSH__APNS__MAIN__TOPIC", "com.example.mail"),
+            ];
+            pairs.retain(|(k, _)| *k != key);
+            pairs.push((key, value));
+            env(&pairs)
+        };
+        assert!(
+            Config::load(
+                None,
+                apns("MAILPUSH_PUSH__APNS__MAIN__TOPIC", "com.example.mail")
+            )
+            .is_ok()
+        );
+        let err =
+            Config::load(None, apns("MAILPUSH_PUSH__APNS__MAIN__KEY_ID", "short")).unwrap_err();
+        assert_eq!(err.key, "push.apns.main.key_id");
+        let err = Config::load(
+            None,
+            apns("MAILPUSH_PUSH__APNS__MAIN__BASE_URL", "api.push.apple.com"),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "push.apns.main.base_url");
+        let mut missing = apns("MAILPUSH_PUSH__APNS__MAIN__TOPIC", "x");
+        missing.retain(|(k, _)| k != "MAILPUSH_PUSH__APNS__MAIN__TEAM_ID");
+        let err = Config::load(None, missing).unwrap_err();
+        assert_eq!(err.key, "push.apns.main", "{err}");
         check_err(
             None,
             &[("MAILPUSH_INGEST__CYRUS_SOCKET", &"x".repeat(120))],
