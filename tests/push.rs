@@ -266,14 +266,8 @@ async fn retryable_errors_are_retried_with_growing_gaps() {
         .collect();
     // Waits are base·2^(n-1) with the upper half random: [100,200], [200,400], [400,800] ms.
     assert!(gaps[0] >= Duration::from_millis(100), "{gaps:?}");
-    assert!(
-        gaps[1] >= Duration::from_millis(200) && gaps[1] >= gaps[0],
-        "{gaps:?}"
-    );
-    assert!(
-        gaps[2] >= Duration::from_millis(400) && gaps[2] >= gaps[1],
-        "{gaps:?}"
-    );
+    assert!(gaps[1] >= Duration::from_millis(200), "{gaps:?}");
+    assert!(gaps[2] >= Duration::from_millis(400), "{gaps:?}");
     assert!(
         requests.iter().all(|r| r.body == requests[0].body),
         "the same push each time"
