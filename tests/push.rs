@@ -264,7 +264,8 @@ async fn retryable_errors_are_retried_with_growing_gaps() {
         .windows(2)
         .map(|pair| pair[1].at - pair[0].at)
         .collect();
-    // Waits are base·2^(n-1) with the upper half random: [100,200], [200,400], [400,800] ms.
+    // Waits are base·2^(n-1) with the upper half random: [100,200], [200,400], [400,800] ms;
+    // that they never shrink is checked under paused time in `push::tests`.
     assert!(gaps[0] >= Duration::from_millis(100), "{gaps:?}");
     assert!(gaps[1] >= Duration::from_millis(200), "{gaps:?}");
     assert!(gaps[2] >= Duration::from_millis(400), "{gaps:?}");
