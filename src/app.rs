@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::http::{self, HttpState};
 use crate::ingest::{self, socket::SocketAccess};
 use crate::metrics::Metrics;
+use crate::notify::{self, worker::Workers};
 use crate::pipeline::Pipeline;
 use crate::push::{self, DeviceCache, Providers};
 use crate::store::Store;
@@ -119,7 +120,29 @@ pub async fn run(
         &tracker,
         cancel.clone(),
     );
-    let pipeline = Arc::new(Pipeline::new(hub.clone(), push.clone(), metrics.clone()));
+    let job_written = Arc::new(tokio::sync::Notify::new());
+    let jobs = notify::enqueue::spawn(
+        config.notify.queue_capacity,
+        store.clone(),
+        metrics.clone(),
+        job_written.clone(),
+        &tracker,
+        cancel.clone(),
+    );
+    Workers::new(
+        &config.notify,
+        &config.storage.data_dir,
+        store.clone(),
+        metrics.clone(),
+        job_written,
+    )?
+    .spawn(config.notify.workers, &tracker, cancel.clone());
+    let pipeline = Arc::new(Pipeline::new(
+        hub.clone(),
+        push.clone(),
+        jobs,
+        metrics.clone(),
+    ));
     let max_event_bytes = config.ingest.max_event_bytes;
 
     let http_addr = listeners.http_addr()?;

@@ -14,7 +14,8 @@
 //! - [`stream`]: per-user latest-state cells and the EventSource frame formats.
 //! - [`http`]: the axum router: EventSource endpoints, `POST /ingest`, health, metrics.
 //! - [`store`]: the database (SQLite or PostgreSQL): registered devices.
-//! - [`push`]: device pushes; the in-memory device cache.
+//! - [`push`]: device pushes to APNs and FCM, on a bounded queue; the in-memory device cache.
+//! - [`notify`]: the blocking path: durable jobs, workers, email (lettre) and SMS.
 //! - [`auth`]: client tokens; the only module that sees the token secret.
 //! - [`config`], [`metrics`], [`app`] (start-up and shutdown).
 
@@ -25,6 +26,7 @@ pub mod event;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod notify;
 pub mod pipeline;
 pub mod push;
 pub mod route;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use mailpush::app::{self, Listeners};
 use mailpush::auth::TokenKeys;
 use mailpush::config::{Config, LogFormat};
+use mailpush::store::{JobState, Store, UserUpdate};
 
 /// Exit status for a configuration error (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -52,6 +53,45 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Show or change a user's notification settings (language, SMS number and credit).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// List the job queue (newest first), or send a dead job round again.
+    Jobs {
+        /// Only jobs in this state: queued, running, done or dead.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many jobs.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[command(subcommand)]
+        command: Option<JobsCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create or change a user's settings; options not given keep their value.
+    Set {
+        user: String,
+        /// Language of notification emails (`en`, `de`); `en` is the fallback.
+        #[arg(long)]
+        language: Option<String>,
+        /// E.164 number for Sieve `sms` notifications that name none.
+        #[arg(long)]
+        sms_number: Option<String>,
+        /// Text messages the user may still be sent.
+        #[arg(long)]
+        sms_credit: Option<i64>,
+    },
+    /// Print a user's settings.
+    Show { user: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// Queue a dead job again, with its attempts reset.
+    Retry { id: i64 },
 }
 
 fn main() -> ExitCode {
@@ -85,6 +125,12 @@ fn main() -> ExitCode {
             init_logging(&config);
             serve(config)
         }
+        Command::User(command) => with_store(&config, |store| user_command(store, command)),
+        Command::Jobs {
+            state,
+            limit,
+            command,
+        } => with_store(&config, |store| jobs_command(store, state, limit, command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -108,6 +154,85 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let listeners = Listeners::bind(&config).await?;
         app::run(config, listeners, shutdown_signal()).await
     })
+}
+
+/// Opens the configured database and runs one admin command on it.
+fn with_store<F, Fut>(config: &Config, command: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let url = config.database.url.as_ref().map(|url| url.expose());
+        let store = Store::connect(url, &config.default_database_file()).await?;
+        command(store).await
+    })
+}
+
+async fn user_command(store: Store, command: UserCommand) -> anyhow::Result<()> {
+    let user = match command {
+        UserCommand::Set {
+            user,
+            language,
+            sms_number,
+            sms_credit,
+        } => {
+            anyhow::ensure!(
+                sms_credit.is_none_or(|credit| credit >= 0),
+                "--sms-credit must not be negative"
+            );
+            let update = UserUpdate {
+                language,
+                sms_number,
+                sms_credit,
+            };
+            store.set_user(&user, &update).await?
+        }
+        UserCommand::Show { user } => store.user(&user).await?,
+    };
+    println!("user:       {}", user.user_id);
+    println!("language:   {}", user.language);
+    println!("sms_number: {}", user.sms_number.as_deref().unwrap_or("-"));
+    println!("sms_credit: {}", user.sms_credit);
+    Ok(())
+}
+
+async fn jobs_command(
+    store: Store,
+    state: Option<String>,
+    limit: i64,
+    command: Option<JobsCommand>,
+) -> anyhow::Result<()> {
+    if let Some(JobsCommand::Retry { id }) = command {
+        let requeued = store.requeue_job(id, mailpush::notify::now_ms()).await?;
+        anyhow::ensure!(requeued, "job {id} is not a dead job");
+        println!("job {id} queued again");
+        return Ok(());
+    }
+    let state = match state.as_deref() {
+        Some(name) => Some(
+            JobState::parse(name)
+                .with_context(|| format!("--state {name}: not queued, running, done or dead"))?,
+        ),
+        None => None,
+    };
+    println!(
+        "{:>8}  {:<8}  {:<12}  {:<16}  {:>8}  last error",
+        "id", "state", "kind", "user", "attempts"
+    );
+    for job in store.jobs(state, limit).await? {
+        println!(
+            "{:>8}  {:<8}  {:<12}  {:<16}  {:>8}  {}",
+            job.id,
+            job.state.as_str(),
+            job.kind,
+            job.user_id,
+            job.attempts,
+            job.last_error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.

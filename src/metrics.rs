@@ -12,6 +12,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Where an event came in; a label on ingest metrics.
@@ -90,6 +91,13 @@ pub struct Metrics {
     requests_refused: Family<ReasonLabels, Counter>,
     pushes: Family<PushLabels, Counter>,
     push_queue: Gauge,
+    jobs: Family<OutcomeLabels, Counter>,
+    job_latency: Histogram,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
 }
 
 /// Values read from their owners when metrics are rendered.
@@ -165,10 +173,24 @@ impl Metrics {
             "Pushes waiting for a sender",
             push_queue.clone(),
         );
+        let jobs = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "jobs",
+            "Jobs of the blocking path by outcome (queued, duplicate, dropped, sent, retried, dead, no_credit)",
+            jobs.clone(),
+        );
+        let job_latency = Histogram::new(exponential_buckets(0.01, 2.0, 18));
+        registry.register(
+            "job_latency_seconds",
+            "From a job's enqueue to its successful send",
+            job_latency.clone(),
+        );
         Metrics {
             registry,
             pushes,
             push_queue,
+            jobs,
+            job_latency,
             events_received,
             slot_events,
             known_slots: RwLock::new(HashSet::new()),
@@ -235,6 +257,16 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// Counts what became of a job.
+    pub fn job_outcome(&self, outcome: &'static str) {
+        self.jobs.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Records how long a job took from enqueue to sent.
+    pub fn job_latency(&self, latency: std::time::Duration) {
+        self.job_latency.observe(latency.as_secs_f64());
     }
 
     /// Renders the Prometheus text format, with gauges set from `levels`.

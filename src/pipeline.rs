@@ -3,12 +3,14 @@
 //!
 //! Every listener calls [`Pipeline::dispatch`] from its receive loop, so it must never wait:
 //! state updates are a map lookup and a `watch` send, device pushes go on a bounded queue that
-//! drops rather than blocks. Slow jobs will get the same treatment: never an `.await` here.
+//! drops rather than blocks, and jobs go to the batching writer's bounded channel the same way:
+//! never an `.await` here.
 
 use std::sync::Arc;
 
 use crate::event::{Event, ParseError};
 use crate::metrics::{Metrics, Source};
+use crate::notify::JobHandle;
 use crate::push::PushHandle;
 use crate::route::{Action, route};
 use crate::stream::StateHub;
@@ -17,13 +19,24 @@ use crate::stream::StateHub;
 pub struct Pipeline {
     hub: Arc<StateHub>,
     push: PushHandle,
+    jobs: JobHandle,
     metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
-    /// Connects ingest to live state, device pushes and metrics.
-    pub fn new(hub: Arc<StateHub>, push: PushHandle, metrics: Arc<Metrics>) -> Pipeline {
-        Pipeline { hub, push, metrics }
+    /// Connects ingest to live state, device pushes, the job writer and metrics.
+    pub fn new(
+        hub: Arc<StateHub>,
+        push: PushHandle,
+        jobs: JobHandle,
+        metrics: Arc<Metrics>,
+    ) -> Pipeline {
+        Pipeline {
+            hub,
+            push,
+            jobs,
+            metrics,
+        }
     }
 
     /// Counts, routes and applies one event. Never blocks.
@@ -45,6 +58,7 @@ impl Pipeline {
                     }
                 }
                 Action::Push(request) => self.push.enqueue(request),
+                Action::Job(request) => self.jobs.enqueue(request),
             }
         }
     }

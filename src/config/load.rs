@@ -186,6 +186,25 @@ impl Config {
                 );
             }
         }
+        let notify = &self.notify;
+        for (key, value) in [
+            ("notify.workers", notify.workers as u64),
+            ("notify.max_attempts", u64::from(notify.max_attempts)),
+            ("notify.lease_secs", notify.lease_secs),
+            ("notify.queue_capacity", notify.queue_capacity as u64),
+        ] {
+            if value == 0 {
+                return fail(key, "must be at least 1");
+            }
+        }
+        if notify.from.parse::<lettre::message::Mailbox>().is_err() {
+            return fail("notify.from", "must be an email address");
+        }
+        if let Some(header) = &notify.sms.auth_header
+            && !header.expose().contains(':')
+        {
+            return fail("notify.sms.auth_header", "must look like `Name: value`");
+        }
         for (name, fcm) in &push.fcm {
             if !(fcm.base_url.starts_with("https://") || fcm.base_url.starts_with("http://")) {
                 return fail(

@@ -25,6 +25,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub auth: AuthConfig,
     pub push: PushConfig,
+    pub notify: NotifyConfig,
     pub log: LogConfig,
 }
 
@@ -84,7 +85,7 @@ pub struct StorageConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// `sqlite:` or `postgres://` URL; default: `sqlite://<data_dir>/mailpush.db`.
-    pub url: Option<DatabaseUrl>,
+    pub url: Option<SecretUrl>,
 }
 
 /// Client tokens.
@@ -174,6 +175,51 @@ fn fcm_production() -> String {
     "https://fcm.googleapis.com".into()
 }
 
+/// The blocking path: the job queue, its workers, and the email and SMS transports.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// Workers sending jobs at once.
+    pub workers: usize,
+    /// Attempts per job before it is dead.
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds; doubled each attempt (with jitter), capped at an hour.
+    pub retry_base_ms: u64,
+    /// How long a claimed job is leased: a job whose worker died runs again after this.
+    pub lease_secs: u64,
+    /// Jobs waiting to be written to the database; past this, new jobs are dropped and counted.
+    pub queue_capacity: usize,
+    /// Sender address of notification emails.
+    pub from: String,
+    /// Folder of `templates/<kind>/<lang>.{subject,txt,html}.j2`.
+    pub templates_dir: PathBuf,
+    pub smtp: SmtpConfig,
+    pub sms: SmsConfig,
+}
+
+/// Outgoing mail.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// `smtp://host:port`, `smtps://user:pass@host`, `smtp://host?tls=required`... (lettre's URL
+    /// form). Absent: emails are written as `.eml` files under `<data_dir>/outbox/`.
+    pub url: Option<SecretUrl>,
+}
+
+/// Outgoing text messages.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmsConfig {
+    /// The provider's HTTP endpoint. Absent: messages are appended to `<data_dir>/sms.log`.
+    pub url: Option<String>,
+    /// A header sent with each request, as `Name: value` (e.g. `Authorization: Bearer …`).
+    pub auth_header: Option<Secret>,
+    /// The request body, a minijinja template over `number` and `text`.
+    pub body_template: String,
+    /// Per-request timeout, in milliseconds.
+    pub timeout_ms: u64,
+}
+
 /// Logging.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -196,10 +242,10 @@ pub enum LogFormat {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
-/// A database URL; it prints with its password replaced by `<redacted>`.
+/// A URL that may hold a password (database, SMTP); it prints with the password redacted.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
-pub struct DatabaseUrl(String);
+pub struct SecretUrl(String);
 
 /// A configuration problem, named by its dotted key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -271,6 +317,33 @@ impl Default for PushConfig {
     }
 }
 
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            workers: 4,
+            max_attempts: 8,
+            retry_base_ms: 30_000,
+            lease_secs: 120,
+            queue_capacity: 10_000,
+            from: "mailpush@localhost".into(),
+            templates_dir: PathBuf::from("templates"),
+            smtp: SmtpConfig::default(),
+            sms: SmsConfig::default(),
+        }
+    }
+}
+
+impl Default for SmsConfig {
+    fn default() -> Self {
+        SmsConfig {
+            url: None,
+            auth_header: None,
+            body_template: r#"{"to": {{ number|tojson }}, "text": {{ text|tojson }}}"#.into(),
+            timeout_ms: 10_000,
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -320,20 +393,20 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-impl DatabaseUrl {
+impl SecretUrl {
     /// The URL with its password, for connecting.
     pub fn expose(&self) -> &str {
         &self.0
     }
 }
 
-impl fmt::Debug for DatabaseUrl {
+impl fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&redact_url_password(&self.0))
     }
 }
 
-impl Serialize for DatabaseUrl {
+impl Serialize for SecretUrl {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&redact_url_password(&self.0))
     }

@@ -1,10 +1,12 @@
 //! The database: a SQLite file by default, PostgreSQL in production, with the same queries and
 //! embedded migrations for each (`migrations/sqlite`, `migrations/postgres`).
 //!
-//! One file per table ([`devices`]). The fast path never awaits the store: it reads caches
+//! One file per table ([`devices`], [`jobs`], [`users`]). The fast path never awaits the store: it reads caches
 //! that the store's callers keep up to date.
 
 pub mod devices;
+pub mod jobs;
+pub mod users;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -16,6 +18,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 
 pub use devices::{Device, DeviceError, Environment, NewDevice, Platform, Upserted};
+pub use jobs::{Claim, Job, JobState, NewJob};
+pub use users::{User, UserUpdate};
 
 /// A connection pool to one of the two supported databases.
 #[derive(Clone, Debug)]

@@ -1,0 +1,108 @@
+//! The batching writer: jobs arrive from the ingest path over a bounded channel and are
+//! inserted a batch per transaction. Ingest never waits: when the channel is full the job is
+//! dropped and counted. A database outage delays the batch (retried with backoff, held in
+//! memory) but loses nothing while the process runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{new_job, now_ms};
+use crate::metrics::Metrics;
+use crate::route::JobRequest;
+use crate::store::{NewJob, Store};
+
+/// The most jobs inserted in one transaction.
+const BATCH: usize = 256;
+
+/// What the pipeline holds to hand jobs over.
+#[derive(Clone)]
+pub struct JobHandle {
+    sender: mpsc::Sender<JobRequest>,
+    metrics: Arc<Metrics>,
+}
+
+impl JobHandle {
+    /// Queues a job for writing. Never waits; a full queue drops the job and counts it.
+    pub fn enqueue(&self, request: JobRequest) {
+        if let Err(err) = self.sender.try_send(request) {
+            let request = match err {
+                mpsc::error::TrySendError::Full(request)
+                | mpsc::error::TrySendError::Closed(request) => request,
+            };
+            self.metrics.job_outcome("dropped");
+            tracing::error!(user = %request.user, key = %request.key, "job writer queue full: job dropped");
+        }
+    }
+}
+
+/// Starts the writer; `written` wakes the workers after each batch.
+pub fn spawn(
+    capacity: usize,
+    store: Store,
+    metrics: Arc<Metrics>,
+    written: Arc<Notify>,
+    tracker: &tokio_util::task::TaskTracker,
+    shutdown: CancellationToken,
+) -> JobHandle {
+    let (sender, receiver) = mpsc::channel(capacity.max(1));
+    tracker.spawn(run(receiver, store, metrics.clone(), written, shutdown));
+    JobHandle { sender, metrics }
+}
+
+async fn run(
+    mut receiver: mpsc::Receiver<JobRequest>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    written: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut batch: Vec<NewJob> = Vec::with_capacity(BATCH);
+    loop {
+        let first = tokio::select! {
+            first = receiver.recv() => first,
+            // At shutdown, stop taking new jobs but write what has arrived.
+            () = shutdown.cancelled() => {
+                receiver.close();
+                receiver.recv().await
+            }
+        };
+        let Some(first) = first else { return };
+        batch.push(new_job(first));
+        while batch.len() < BATCH {
+            match receiver.try_recv() {
+                Ok(request) => batch.push(new_job(request)),
+                Err(_) => break,
+            }
+        }
+        write(&store, &mut batch, &metrics).await;
+        written.notify_waiters();
+    }
+}
+
+/// Inserts the batch, retrying until the database takes it.
+async fn write(store: &Store, batch: &mut Vec<NewJob>, metrics: &Metrics) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match store.insert_jobs(batch, now_ms()).await {
+            Ok(inserted) => {
+                let replayed = batch.len() as u64 - inserted;
+                for _ in 0..inserted {
+                    metrics.job_outcome("queued");
+                }
+                for _ in 0..replayed {
+                    metrics.job_outcome("duplicate");
+                }
+                batch.clear();
+                return;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, jobs = batch.len(), retry_in = ?delay, "cannot write jobs; will retry");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

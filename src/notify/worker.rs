@@ -1,0 +1,253 @@
+//! The worker pool: each worker claims a due job, sends it, and records the result (done,
+//! retried later with backoff, or dead with its last error). Workers wake when the writer has
+//! inserted jobs or when the next job falls due, never on a fixed poll.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::email::{Envelope, MailTransport, alarm_email, sieve_email};
+use super::render::Templates;
+use super::sms::{SmsTransport, squeeze};
+use super::{Payload, SendError, now_ms};
+use crate::config::NotifyConfig;
+use crate::metrics::Metrics;
+use crate::store::{Claim, Job, Store};
+
+/// How long a worker sleeps at most before looking again, in case a wake-up was missed.
+const MAX_IDLE: Duration = Duration::from_secs(60);
+/// Retries never wait longer than this.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// What every worker shares.
+pub struct Workers {
+    store: Store,
+    templates: Templates,
+    mail: MailTransport,
+    sms: SmsTransport,
+    from: String,
+    /// The domain of generated Message-IDs.
+    domain: String,
+    max_attempts: i64,
+    retry_base: Duration,
+    lease: Duration,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+}
+
+impl Workers {
+    /// Loads the templates and builds the transports.
+    pub fn new(
+        config: &NotifyConfig,
+        data_dir: &Path,
+        store: Store,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+    ) -> anyhow::Result<Workers> {
+        let templates = Templates::load(&config.templates_dir)
+            .with_context(|| format!("notify.templates_dir {}", config.templates_dir.display()))?;
+        let mail = MailTransport::new(
+            config.smtp.url.as_ref().map(|url| url.expose()),
+            &data_dir.join("outbox"),
+        )?;
+        let sms = SmsTransport::from_config(&config.sms, data_dir.join("sms.log"))?;
+        if config.smtp.url.is_none() {
+            tracing::info!(outbox = %data_dir.join("outbox").display(), "notify.smtp.url is not set: emails go to the outbox folder");
+        }
+        if config.sms.url.is_none() {
+            tracing::info!(log = %data_dir.join("sms.log").display(), "notify.sms.url is not set: text messages go to the log file");
+        }
+        let domain = config
+            .from
+            .rsplit_once('@')
+            .map_or("mailpush.invalid", |(_, domain)| domain)
+            .to_owned();
+        Ok(Workers {
+            store,
+            templates,
+            mail,
+            sms,
+            from: config.from.clone(),
+            domain,
+            max_attempts: i64::from(config.max_attempts.max(1)),
+            retry_base: Duration::from_millis(config.retry_base_ms),
+            lease: Duration::from_secs(config.lease_secs.max(1)),
+            metrics,
+            wake,
+        })
+    }
+
+    /// Starts `count` workers.
+    pub fn spawn(self, count: usize, tracker: &TaskTracker, shutdown: CancellationToken) {
+        let workers = Arc::new(self);
+        for index in 0..count.max(1) {
+            tracker.spawn(workers.clone().run(index, shutdown.clone()));
+        }
+    }
+
+    async fn run(self: Arc<Self>, index: usize, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            // Register for a wake-up before looking, so an insert in between is not missed.
+            let woken = self.wake.notified();
+            let lease = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
+            match self.store.claim_job(now_ms(), lease).await {
+                Ok(Some(Claim::Job(job))) => self.process(job).await,
+                Ok(Some(Claim::NoCredit(job))) => {
+                    self.metrics.job_outcome("no_credit");
+                    tracing::info!(job = job.id, user = %job.user_id, "SMS not sent: no credit left");
+                }
+                Ok(None) => {
+                    let wait = self.until_next_due().await;
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = woken => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(worker = index, error = %err, "cannot claim a job; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn until_next_due(&self) -> Duration {
+        match self.store.next_job_due().await {
+            Ok(Some(due)) => {
+                Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0)).min(MAX_IDLE)
+            }
+            _ => MAX_IDLE,
+        }
+    }
+
+    /// Sends one claimed job and records what happened.
+    async fn process(&self, job: Job) {
+        // A send that outlives its lease would race the next claim of the same job.
+        let budget = self
+            .lease
+            .saturating_sub(Duration::from_secs(1))
+            .max(Duration::from_millis(500));
+        let result = match tokio::time::timeout(budget, self.send(&job)).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::Retry(format!(
+                "send took longer than {budget:?}"
+            ))),
+        };
+        let now = now_ms();
+        let recorded = match result {
+            Ok(()) => {
+                self.metrics.job_outcome("sent");
+                self.metrics.job_latency(Duration::from_millis(
+                    u64::try_from(now - job.created_at).unwrap_or(0),
+                ));
+                self.store.finish_job(job.id, now).await
+            }
+            Err(SendError::Retry(reason)) if job.attempts < self.max_attempts => {
+                let delay = self.backoff(job.attempts);
+                self.metrics.job_outcome("retried");
+                tracing::warn!(
+                    job = job.id,
+                    attempt = job.attempts,
+                    ?delay,
+                    reason,
+                    "job failed; will retry"
+                );
+                self.store
+                    .retry_job_at(
+                        job.id,
+                        now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+                        &reason,
+                    )
+                    .await
+            }
+            Err(SendError::Retry(reason) | SendError::Permanent(reason)) => {
+                self.metrics.job_outcome("dead");
+                tracing::warn!(job = job.id, attempts = job.attempts, reason, "job is dead");
+                self.store.bury_job(job.id, &reason, now).await
+            }
+        };
+        if let Err(err) = recorded {
+            // The lease runs out and the job is claimed again: at-least-once.
+            tracing::error!(job = job.id, error = %err, "cannot record the job's result");
+        }
+    }
+
+    async fn send(&self, job: &Job) -> Result<(), SendError> {
+        let payload: Payload = serde_json::from_str(&job.payload)
+            .map_err(|err| SendError::Permanent(format!("unreadable payload: {err}")))?;
+        let envelope = Envelope {
+            from: &self.from,
+            message_id: format!("<mailpush.job{}@{}>", job.id, self.domain),
+        };
+        match payload {
+            Payload::AlarmEmail { recipient, alarm } => {
+                let user = self
+                    .store
+                    .user(&job.user_id)
+                    .await
+                    .map_err(|err| SendError::Retry(format!("users: {err}")))?;
+                let message = alarm_email(
+                    &envelope,
+                    &recipient,
+                    &user.language,
+                    &alarm,
+                    &self.templates,
+                )?;
+                self.mail.send(message).await
+            }
+            Payload::SieveEmail {
+                uri,
+                message,
+                importance,
+            } => {
+                let message = sieve_email(&envelope, &job.user_id, &uri, &message, &importance)?;
+                self.mail.send(message).await
+            }
+            Payload::Sms { number, text } => {
+                let number = match number {
+                    Some(number) => number,
+                    None => self
+                        .store
+                        .user(&job.user_id)
+                        .await
+                        .map_err(|err| SendError::Retry(format!("users: {err}")))?
+                        .sms_number
+                        .ok_or_else(|| {
+                            SendError::Permanent(
+                                "no SMS number: none in the script, none stored for the user"
+                                    .into(),
+                            )
+                        })?,
+                };
+                self.sms
+                    .send(&self.templates, &number, &squeeze(&text))
+                    .await
+            }
+        }
+    }
+
+    /// `base·2^(attempts-1)` with its upper half random, capped at an hour.
+    fn backoff(&self, attempts: i64) -> Duration {
+        let exponent = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+        let full = self
+            .retry_base
+            .saturating_mul(2u32.pow(exponent))
+            .min(MAX_BACKOFF);
+        full / 2 + full.mul_f64(random_fraction() / 2.0)
+    }
+}
+
+fn random_fraction() -> f64 {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
+    (random >> 11) as f64 / (1u64 << 53) as f64
+}

@@ -1,0 +1,286 @@
+//! The `jobs` table: the durable queue of the blocking path (calendar-alarm email, Sieve notify
+//! email and SMS).
+//!
+//! A job is inserted once per idempotency key, so a replayed event never sends twice. Workers
+//! claim due jobs with a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has a single
+//! writer); a job whose worker died is claimed again once its lease has run out. An SMS job's
+//! credit is taken in the claiming transaction, once per job, and only if there is credit left.
+
+use super::{Store, on_pool};
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Queued,
+    Running,
+    Done,
+    Dead,
+}
+
+/// A job to insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    pub user_id: String,
+    pub kind: String,
+    /// The job's data, as JSON.
+    pub payload: String,
+    /// Same key, same job: a replayed event inserts nothing.
+    pub key: String,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: i64,
+    pub user_id: String,
+    pub kind: String,
+    pub payload: String,
+    pub state: JobState,
+    /// Claims so far, the current one included.
+    pub attempts: i64,
+    /// When it may run next, milliseconds since the epoch.
+    pub run_at: i64,
+    pub last_error: Option<String>,
+    pub key: String,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// A due job, now leased to the caller.
+    Job(Job),
+    /// An SMS job whose user has no credit left: it is dead, with that reason.
+    NoCredit(Job),
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: i64,
+    user_id: String,
+    kind: String,
+    payload: String,
+    state: String,
+    attempts: i64,
+    run_at: i64,
+    last_error: Option<String>,
+    idempotency_key: String,
+    sms_charged: i64,
+    created_at: i64,
+    finished_at: Option<i64>,
+}
+
+const COLUMNS: &str = "id, user_id, kind, payload, state, attempts, run_at, last_error, idempotency_key, \
+                       sms_charged, created_at, finished_at";
+
+/// The kind of job that spends SMS credit.
+pub const SMS_KIND: &str = "sms";
+
+impl JobState {
+    /// The name used in the database and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Dead => "dead",
+        }
+    }
+
+    /// Reads a database or CLI name.
+    pub fn parse(name: &str) -> Option<JobState> {
+        match name {
+            "queued" => Some(JobState::Queued),
+            "running" => Some(JobState::Running),
+            "done" => Some(JobState::Done),
+            "dead" => Some(JobState::Dead),
+            _ => None,
+        }
+    }
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = sqlx::Error;
+
+    fn try_from(row: JobRow) -> Result<Job, sqlx::Error> {
+        let state = JobState::parse(&row.state).ok_or_else(|| {
+            sqlx::Error::Decode(format!("jobs.state holds {:?}", row.state).into())
+        })?;
+        Ok(Job {
+            id: row.id,
+            user_id: row.user_id,
+            kind: row.kind,
+            payload: row.payload,
+            state,
+            attempts: row.attempts,
+            run_at: row.run_at,
+            last_error: row.last_error,
+            key: row.idempotency_key,
+            created_at: row.created_at,
+            finished_at: row.finished_at,
+        })
+    }
+}
+
+impl Store {
+    /// Inserts a batch in one transaction, skipping keys already known; returns how many were new.
+    pub async fn insert_jobs(&self, jobs: &[NewJob], now_ms: i64) -> Result<u64, sqlx::Error> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut inserted = 0;
+            for job in jobs {
+                let result = sqlx::query(
+                    "INSERT INTO jobs (user_id, kind, payload, idempotency_key, run_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (idempotency_key) DO NOTHING",
+                )
+                .bind(&job.user_id)
+                .bind(&job.kind)
+                .bind(&job.payload)
+                .bind(&job.key)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+                inserted += result.rows_affected();
+            }
+            tx.commit().await?;
+            Ok(inserted)
+        })
+    }
+
+    /// Leases the most overdue job (queued and due, or running with an expired lease) until
+    /// `now + lease`, taking SMS credit in the same transaction.
+    pub async fn claim_job(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<Claim>, sqlx::Error> {
+        let pick = match self {
+            Store::Sqlite(_) => "",
+            Store::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+        };
+        let claim = format!(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1 \
+             WHERE id = (SELECT id FROM jobs \
+                         WHERE (state = 'queued' AND run_at <= $2) OR (state = 'running' AND lease_until <= $2) \
+                         ORDER BY run_at, id LIMIT 1{pick}) \
+             RETURNING {COLUMNS}"
+        );
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(claim))
+                .bind(now_ms + lease_ms)
+                .bind(now_ms)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
+                tx.commit().await?;
+                return Ok(None);
+            };
+            let needs_credit = row.kind == SMS_KIND && row.sms_charged == 0;
+            let job = Job::try_from(row)?;
+            if !needs_credit {
+                tx.commit().await?;
+                return Ok(Some(Claim::Job(job)));
+            }
+            let charged = sqlx::query("UPDATE users SET sms_credit = sms_credit - 1 WHERE user_id = $1 AND sms_credit > 0")
+                .bind(&job.user_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if charged == 1 {
+                sqlx::query("UPDATE jobs SET sms_charged = 1 WHERE id = $1").bind(job.id).execute(&mut *tx).await?;
+                tx.commit().await?;
+                return Ok(Some(Claim::Job(job)));
+            }
+            sqlx::query("UPDATE jobs SET state = 'dead', last_error = $2, finished_at = $3, lease_until = NULL WHERE id = $1")
+                .bind(job.id)
+                .bind("no SMS credit")
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some(Claim::NoCredit(Job { state: JobState::Dead, last_error: Some("no SMS credit".into()), finished_at: Some(now_ms), ..job })))
+        })
+    }
+
+    /// Marks a job sent.
+    pub async fn finish_job(&self, id: i64, now_ms: i64) -> Result<(), sqlx::Error> {
+        on_pool!(self, pool => sqlx::query(
+            "UPDATE jobs SET state = 'done', finished_at = $2, lease_until = NULL, last_error = NULL WHERE id = $1"
+        )
+        .bind(id)
+        .bind(now_ms)
+        .execute(pool)
+        .await
+        .map(drop))
+    }
+
+    /// Puts a failed job back in the queue until `run_at_ms`, keeping its error.
+    pub async fn retry_job_at(
+        &self,
+        id: i64,
+        run_at_ms: i64,
+        error: &str,
+    ) -> Result<(), sqlx::Error> {
+        on_pool!(self, pool => sqlx::query(
+            "UPDATE jobs SET state = 'queued', run_at = $2, lease_until = NULL, last_error = $3 WHERE id = $1"
+        )
+        .bind(id)
+        .bind(run_at_ms)
+        .bind(error)
+        .execute(pool)
+        .await
+        .map(drop))
+    }
+
+    /// Gives a job up: dead, with its last error.
+    pub async fn bury_job(&self, id: i64, error: &str, now_ms: i64) -> Result<(), sqlx::Error> {
+        on_pool!(self, pool => sqlx::query(
+            "UPDATE jobs SET state = 'dead', last_error = $2, finished_at = $3, lease_until = NULL WHERE id = $1"
+        )
+        .bind(id)
+        .bind(error)
+        .bind(now_ms)
+        .execute(pool)
+        .await
+        .map(drop))
+    }
+
+    /// When the next job falls due (a queued job's `run_at` or a running job's lease end).
+    pub async fn next_job_due(&self) -> Result<Option<i64>, sqlx::Error> {
+        on_pool!(self, pool => sqlx::query_scalar(
+            "SELECT MIN(due) FROM (SELECT MIN(run_at) AS due FROM jobs WHERE state = 'queued' \
+             UNION ALL SELECT MIN(lease_until) FROM jobs WHERE state = 'running') AS next"
+        )
+        .fetch_one(pool)
+        .await)
+    }
+
+    /// Jobs, newest first, optionally in one state.
+    pub async fn jobs(&self, state: Option<JobState>, limit: i64) -> Result<Vec<Job>, sqlx::Error> {
+        let select = format!(
+            "SELECT {COLUMNS} FROM jobs WHERE ($1 IS NULL OR state = $1) ORDER BY id DESC LIMIT $2"
+        );
+        let rows: Vec<JobRow> = on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(select))
+            .bind(state.map(JobState::as_str))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?);
+        rows.into_iter().map(Job::try_from).collect()
+    }
+
+    /// Sends a dead job round again (`mailpush jobs retry`): queued now, attempts reset.
+    pub async fn requeue_job(&self, id: i64, now_ms: i64) -> Result<bool, sqlx::Error> {
+        let updated = on_pool!(self, pool => sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = 0, run_at = $2, lease_until = NULL, finished_at = NULL \
+             WHERE id = $1 AND state = 'dead'"
+        )
+        .bind(id)
+        .bind(now_ms)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(updated == 1)
+    }
+}
