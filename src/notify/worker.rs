@@ -19,8 +19,9 @@ use crate::config::NotifyConfig;
 use crate::metrics::Metrics;
 use crate::store::{Claim, Job, Store};
 
-/// How long a worker sleeps at most before looking again, in case a wake-up was missed.
-const MAX_IDLE: Duration = Duration::from_secs(60);
+/// How long a worker sleeps at most before looking again: the safety net for jobs changed by
+/// another process (`mailpush jobs retry`, another node) that no wake-up announces.
+const MAX_IDLE: Duration = Duration::from_secs(15);
 /// Retries never wait longer than this.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 

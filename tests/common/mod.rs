@@ -5,6 +5,7 @@
 
 pub mod mock;
 pub mod server;
+pub mod smtp;
 pub mod sse;
 
 use std::future::Future;
@@ -34,6 +35,7 @@ pub fn fixtures() -> PathBuf {
 
 /// A running in-process mailpush on ephemeral ports with its own temp dir.
 pub struct TestApp {
+    pub data_dir: PathBuf,
     pub http: SocketAddr,
     pub ndjson: SocketAddr,
     pub cyrus_socket: PathBuf,
@@ -89,6 +91,13 @@ impl TestApp {
     /// Sends one datagram to the Cyrus socket (blocking send, as Cyrus does).
     pub fn send_datagram(&self, bytes: &[u8]) {
         send_datagram(&self.cyrus_socket, bytes);
+    }
+
+    /// A second connection to the app's database (SQLite in WAL mode takes both).
+    pub async fn store(&self) -> mailpush::store::Store {
+        mailpush::store::Store::connect(None, &self.data_dir.join("mailpush.db"))
+            .await
+            .expect("open the app's database")
     }
 
     /// The current `/metrics` text.
@@ -184,7 +193,21 @@ impl TestAppBuilder {
         let task = tokio::spawn(app::run(config, listeners, async {
             let _ = stopped.await;
         }));
+        // Ready once HTTP answers: the database is open and migrated by then.
+        let health = format!("http://{http}/healthz");
+        wait_until("the app to answer /healthz", || {
+            let health = health.clone();
+            async move {
+                client()
+                    .get(&health)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            }
+        })
+        .await;
         TestApp {
+            data_dir,
             http,
             ndjson,
             cyrus_socket,
