@@ -3,7 +3,10 @@
 
 use std::str::FromStr;
 
-use mailpush::store::{DeviceError, Environment, NewDevice, Platform, Store, Upserted};
+use mailpush::store::{
+    Claim, DeviceError, Environment, JobState, NewDevice, NewJob, Platform, Store, Upserted,
+    UserUpdate,
+};
 use sqlx::postgres::PgConnectOptions;
 
 fn new_device(user: &str, token: &str) -> NewDevice {
@@ -114,6 +117,139 @@ async fn contract(store: &Store) {
     store.ping().await.unwrap();
 }
 
+fn job(user: &str, kind: &str, key: &str) -> NewJob {
+    NewJob {
+        user_id: user.into(),
+        kind: kind.into(),
+        payload: "{}".into(),
+        key: key.into(),
+    }
+}
+
+/// The job queue's contract: idempotent inserts, due order, leases, retries, dead jobs, credit.
+async fn jobs_contract(store: &Store) {
+    let inserted = store
+        .insert_jobs(
+            &[
+                job("alice", "sieve_email", "k1"),
+                job("alice", "sieve_email", "k2"),
+                job("alice", "sieve_email", "k1"),
+            ],
+            1_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(inserted, 2, "a known key is not inserted twice");
+    assert_eq!(
+        store
+            .insert_jobs(&[job("alice", "sieve_email", "k2")], 1_000)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.next_job_due().await.unwrap(), Some(1_000));
+    assert_eq!(
+        store.claim_job(999, 100).await.unwrap(),
+        None,
+        "nothing is due before run_at"
+    );
+
+    let Some(Claim::Job(first)) = store.claim_job(1_000, 100).await.unwrap() else {
+        panic!("a due job")
+    };
+    assert_eq!(
+        (first.key.as_str(), first.attempts, first.state),
+        ("k1", 1, JobState::Running)
+    );
+    let Some(Claim::Job(second)) = store.claim_job(1_000, 100).await.unwrap() else {
+        panic!("a second job")
+    };
+    assert_eq!(second.key, "k2");
+    assert_eq!(
+        store.claim_job(1_050, 100).await.unwrap(),
+        None,
+        "both are leased"
+    );
+    // The worker holding k1 died: after its lease, k1 is claimed again.
+    let Some(Claim::Job(again)) = store.claim_job(1_100, 100).await.unwrap() else {
+        panic!("an expired lease")
+    };
+    assert_eq!((again.id, again.attempts), (first.id, 2));
+
+    store.retry_job_at(again.id, 5_000, "503").await.unwrap();
+    store.finish_job(second.id, 1_200).await.unwrap();
+    assert_eq!(store.next_job_due().await.unwrap(), Some(5_000));
+    let Some(Claim::Job(third)) = store.claim_job(5_000, 100).await.unwrap() else {
+        panic!("the retry")
+    };
+    assert_eq!(
+        (third.attempts, third.last_error.as_deref()),
+        (3, Some("503"))
+    );
+    store.bury_job(third.id, "gave up", 5_050).await.unwrap();
+    let dead = store.jobs(Some(JobState::Dead), 10).await.unwrap();
+    assert_eq!(
+        dead.iter()
+            .map(|j| (j.id, j.last_error.clone()))
+            .collect::<Vec<_>>(),
+        [(third.id, Some("gave up".to_owned()))]
+    );
+    assert_eq!(store.jobs(Some(JobState::Done), 10).await.unwrap().len(), 1);
+    assert_eq!(store.jobs(None, 10).await.unwrap().len(), 2);
+    assert!(store.requeue_job(third.id, 6_000).await.unwrap());
+    assert!(
+        !store.requeue_job(second.id, 6_000).await.unwrap(),
+        "only dead jobs are requeued"
+    );
+    let Some(Claim::Job(requeued)) = store.claim_job(6_000, 100).await.unwrap() else {
+        panic!("requeued")
+    };
+    assert_eq!(requeued.attempts, 1);
+    store.finish_job(requeued.id, 6_001).await.unwrap();
+
+    // SMS credit: taken in the claim, once per job, never below zero.
+    store
+        .set_user(
+            "bob",
+            &UserUpdate {
+                sms_credit: Some(1),
+                ..UserUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .insert_jobs(&[job("bob", "sms", "s1"), job("bob", "sms", "s2")], 7_000)
+        .await
+        .unwrap();
+    let Some(Claim::Job(paid)) = store.claim_job(7_000, 100).await.unwrap() else {
+        panic!("paid sms")
+    };
+    let Some(Claim::NoCredit(unpaid)) = store.claim_job(7_000, 100).await.unwrap() else {
+        panic!("no credit")
+    };
+    assert_eq!((paid.key.as_str(), unpaid.key.as_str()), ("s1", "s2"));
+    assert_eq!(store.user("bob").await.unwrap().sms_credit, 0);
+    // A retry of a paid job does not pay again.
+    store.retry_job_at(paid.id, 7_000, "timeout").await.unwrap();
+    let Some(Claim::Job(retried)) = store.claim_job(7_000, 100).await.unwrap() else {
+        panic!("the paid retry")
+    };
+    assert_eq!(store.user("bob").await.unwrap().sms_credit, 0);
+    store.finish_job(retried.id, 7_050).await.unwrap();
+    let user = store.user("nobody").await.unwrap();
+    assert_eq!((user.language.as_str(), user.sms_credit), ("en", 0));
+}
+
+#[tokio::test]
+async fn sqlite_jobs_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(None, &dir.path().join("mailpush.db"))
+        .await
+        .unwrap();
+    jobs_contract(&store).await;
+}
+
 #[tokio::test]
 async fn sqlite_store_contract() {
     let dir = tempfile::tempdir().unwrap();
@@ -155,9 +291,69 @@ async fn postgres_store_contract() {
     let store = Store::postgres(options).await.unwrap();
     store.migrate().await.unwrap();
     contract(&store).await;
+    jobs_contract(&store).await;
+    concurrent_claims(&store).await;
     store.migrate().await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(admin_pool)
         .await
         .unwrap();
+}
+
+/// Many workers claiming at once on PostgreSQL (`FOR UPDATE SKIP LOCKED`): every job is claimed
+/// exactly once, and concurrent SMS claims never spend more credit than there is.
+async fn concurrent_claims(store: &Store) {
+    let jobs: Vec<NewJob> = (0..200)
+        .map(|n| {
+            job(
+                "carol",
+                if n % 2 == 0 { "sms" } else { "sieve_email" },
+                &format!("c{n}"),
+            )
+        })
+        .collect();
+    store
+        .set_user(
+            "carol",
+            &UserUpdate {
+                sms_credit: Some(30),
+                ..UserUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    store.insert_jobs(&jobs, 10_000).await.unwrap();
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut claimed = Vec::new();
+                while let Some(claim) = store.claim_job(10_000, 1_000_000).await.unwrap() {
+                    claimed.push(claim);
+                }
+                claimed
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    let (mut paid, mut unpaid) = (0, 0);
+    for worker in workers {
+        for claim in worker.await.unwrap() {
+            match claim {
+                Claim::Job(job) => {
+                    paid += usize::from(job.kind == "sms");
+                    ids.push(job.id);
+                }
+                Claim::NoCredit(job) => {
+                    unpaid += 1;
+                    ids.push(job.id);
+                }
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 200, "every job claimed once");
+    assert_eq!((paid, unpaid), (30, 70));
+    assert_eq!(store.user("carol").await.unwrap().sms_credit, 0);
 }

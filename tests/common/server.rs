@@ -91,6 +91,12 @@ impl Server {
         format!("http://{}{path}", self.http)
     }
 
+    /// Kills the process at once (SIGKILL), as a crash or the OOM killer would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
