@@ -122,6 +122,15 @@ fn check_config_redacts_secrets_and_names_bad_keys() {
     let (status, _, stderr) = run_command(dir.path(), &[], &["serve", "--config", "bad.toml"]);
     assert_eq!(status, 64, "serve refuses a bad config too: {stderr}");
 
+    // The shipped example lists every key and is itself valid.
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mailpush.example.toml");
+    let (status, _, stderr) = run_command(
+        dir.path(),
+        &[],
+        &["check-config", "--config", &example.display().to_string()],
+    );
+    assert_eq!(status, 0, "{stderr}");
+
     // mailpush.toml in the working directory is read without --config.
     std::fs::write(
         dir.path().join("mailpush.toml"),
