@@ -203,7 +203,10 @@ async fn devices_survive_a_restart() {
     let data = tempfile::tempdir().unwrap();
     let first = TestApp::builder().data_dir(data.path()).start().await;
     let (_, phone) = register(&first, "alice", &apns(7)).await;
+    let second = TestApp::builder()
+        .data_dir(data.path())
+        .same_database(&first);
     first.stop().await;
-    let second = TestApp::builder().data_dir(data.path()).start().await;
+    let second = second.start().await;
     assert_eq!(list(&second, "alice").await, vec![phone]);
 }

@@ -36,6 +36,8 @@ pub fn fixtures() -> PathBuf {
 /// A running in-process mailpush on ephemeral ports with its own temp dir.
 pub struct TestApp {
     pub data_dir: PathBuf,
+    /// The PostgreSQL URL (with its own schema) when the suite runs on PostgreSQL.
+    pub database_url: Option<String>,
     pub http: SocketAddr,
     pub ndjson: SocketAddr,
     pub cyrus_socket: PathBuf,
@@ -51,6 +53,7 @@ pub struct TestApp {
 pub struct TestAppBuilder {
     env: Vec<(String, String)>,
     data_dir: Option<PathBuf>,
+    database_url: Option<String>,
 }
 
 impl TestApp {
@@ -95,9 +98,12 @@ impl TestApp {
 
     /// A second connection to the app's database (SQLite in WAL mode takes both).
     pub async fn store(&self) -> mailpush::store::Store {
-        mailpush::store::Store::connect(None, &self.data_dir.join("mailpush.db"))
-            .await
-            .expect("open the app's database")
+        mailpush::store::Store::connect(
+            self.database_url.as_deref(),
+            &self.data_dir.join("mailpush.db"),
+        )
+        .await
+        .expect("open the app's database")
     }
 
     /// The current `/metrics` text.
@@ -148,6 +154,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Uses another app's database (on PostgreSQL: its schema), to start again on its data.
+    pub fn same_database(mut self, other: &TestApp) -> Self {
+        self.database_url = other.database_url.clone();
+        self
+    }
+
     /// Keeps the data (token secret, SQLite file) in `dir`, so a later app can start on it.
     pub fn data_dir(mut self, dir: &Path) -> Self {
         self.data_dir = Some(dir.to_path_buf());
@@ -183,6 +195,14 @@ impl TestAppBuilder {
             ),
             ("MAILPUSH_AUTH__SECRET".to_owned(), AUTH_SECRET.to_owned()),
         ];
+        let database_url = match (self.database_url, std::env::var("MAILPUSH_TEST_APP_PG_URL")) {
+            (Some(url), _) => Some(url),
+            (None, Ok(url)) => Some(postgres_schema(&url).await),
+            (None, Err(_)) => None,
+        };
+        if let Some(url) = &database_url {
+            env.push(("MAILPUSH_DATABASE__URL".to_owned(), url.clone()));
+        }
         env.extend(self.env);
         let config = Config::load(None, env).expect("test config");
         let keys = TokenKeys::load(&config.auth, &config.storage.data_dir).expect("token keys");
@@ -207,6 +227,7 @@ impl TestAppBuilder {
         })
         .await;
         TestApp {
+            database_url,
             data_dir,
             http,
             ndjson,
@@ -218,6 +239,28 @@ impl TestAppBuilder {
             task: Some(task),
         }
     }
+}
+
+/// A fresh schema on the PostgreSQL server at `url`, as a URL that selects it: with
+/// `MAILPUSH_TEST_APP_PG_URL` set (CI does), every [`TestApp`] runs on PostgreSQL.
+async fn postgres_schema(url: &str) -> String {
+    use sqlx::Connection;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let schema = format!(
+        "mailpush_app_{}_{}_{n}",
+        std::process::id(),
+        mailpush::auth::unix_now()
+    );
+    let mut connection = sqlx::PgConnection::connect(url)
+        .await
+        .expect("connect to MAILPUSH_TEST_APP_PG_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut connection)
+        .await
+        .expect("create schema");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options[search_path]={schema}")
 }
 
 /// One HTTP client per test binary.
