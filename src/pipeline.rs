@@ -59,6 +59,12 @@ impl Pipeline {
                 }
                 Action::Push(request) => self.push.enqueue(request),
                 Action::Job(request) => self.jobs.enqueue(request),
+                Action::Reminder(reminder) => {
+                    let streams = self
+                        .hub
+                        .remind(&reminder.user, crate::stream::reminder::encode(&reminder));
+                    tracing::debug!(user = %reminder.user, streams, "calendar reminder");
+                }
             }
         }
     }

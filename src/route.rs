@@ -16,6 +16,24 @@ pub enum Action {
     Push(PushRequest),
     /// Work for the blocking path (email, SMS), queued durably.
     Job(JobRequest),
+    /// A calendar reminder to show now on the owner's open EventSource streams.
+    Reminder(Reminder),
+}
+
+/// A `display` calendar alarm, for clients that are open (no queue: it is now or never).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reminder {
+    pub user: String,
+    pub summary: String,
+    /// iCalendar date-times as Cyrus sends them, in the event's zone.
+    pub start: String,
+    pub end: String,
+    pub timezone: String,
+    pub location: String,
+    pub calendar: String,
+    /// The iCalendar UID of the event.
+    pub uid: String,
+    pub alarm_time: String,
 }
 
 /// A job for the durable queue.
@@ -70,6 +88,8 @@ pub enum PushKind {
     },
     /// Any other INBOX change (read, flagged, expunged, moved): only the badge moves.
     Badge { unseen: u64 },
+    /// A calendar reminder (a `display` alarm): an alert with the event and its start.
+    Reminder { summary: String, start: String },
 }
 
 /// New modseqs for a user; `None` leaves a value as it is. Values only ever raise the state.
@@ -92,7 +112,9 @@ pub fn route(event: &Event) -> Vec<Action> {
         actions.push(Action::Push(push));
     }
     actions.extend(sieve_job(event).map(Action::Job));
-    actions.extend(alarm_jobs(event).into_iter().map(Action::Job));
+    if let Some(alarm) = calendar_alarm(event) {
+        actions.extend(alarm_actions(event, alarm));
+    }
     actions
 }
 
@@ -164,35 +186,80 @@ fn sieve_job(event: &Event) -> Option<JobRequest> {
     Some(JobRequest { user, key, work })
 }
 
-/// The calendar rule: an `email` alarm mails each of its recipients (`mailto:` attendees of the
-/// VALARM), or the owner when it names none and the owner's id is an address.
-fn alarm_jobs(event: &Event) -> Vec<JobRequest> {
-    let (Kind::CalendarAlarm, Some(user), Some(raw)) =
-        (event.kind, event.owner.as_ref(), event.raw.as_deref())
-    else {
-        return Vec::new();
-    };
-    #[derive(serde::Deserialize)]
-    struct Alarm {
-        #[serde(default)]
-        action: String,
-        #[serde(default, rename = "alarmRecipients")]
-        recipients: Vec<String>,
-        #[serde(default, rename = "calendarId")]
-        calendar: String,
-        #[serde(default)]
-        uid: String,
-        #[serde(default, rename = "recurrenceId")]
-        recurrence: String,
-        #[serde(default, rename = "alarmTime")]
-        time: String,
+/// The fields of Cyrus's CalendarAlarm event that routing needs.
+#[derive(serde::Deserialize)]
+struct Alarm {
+    #[serde(default)]
+    action: String,
+    #[serde(default, rename = "alarmRecipients")]
+    recipients: Vec<String>,
+    #[serde(default, rename = "calendarId")]
+    calendar: String,
+    #[serde(default, rename = "calendarName")]
+    calendar_name: String,
+    #[serde(default)]
+    uid: String,
+    #[serde(default, rename = "recurrenceId")]
+    recurrence: String,
+    #[serde(default, rename = "alarmTime")]
+    time: String,
+    #[serde(default)]
+    summary: String,
+    #[serde(default)]
+    start: String,
+    #[serde(default)]
+    end: String,
+    #[serde(default)]
+    timezone: String,
+    #[serde(default)]
+    location: String,
+}
+
+fn calendar_alarm(event: &Event) -> Option<Alarm> {
+    if event.kind != Kind::CalendarAlarm {
+        return None;
     }
-    let Ok(alarm) = serde_json::from_str::<Alarm>(raw) else {
+    serde_json::from_str(event.raw.as_deref()?).ok()
+}
+
+/// The calendar rule. An `email` alarm mails each of its recipients (`mailto:` attendees of the
+/// VALARM), or the owner when it names none and the owner's id is an address. A `display`
+/// alarm needs no database: it goes to the owner's open streams and phones at once.
+fn alarm_actions(event: &Event, alarm: Alarm) -> Vec<Action> {
+    let Some(user) = event.owner.as_ref() else {
         return Vec::new();
     };
+    if alarm.action == "display" {
+        let reminder = Reminder {
+            user: user.clone(),
+            summary: alarm.summary.clone(),
+            start: alarm.start.clone(),
+            end: alarm.end,
+            timezone: alarm.timezone,
+            location: alarm.location,
+            calendar: if alarm.calendar_name.is_empty() {
+                alarm.calendar
+            } else {
+                alarm.calendar_name
+            },
+            uid: alarm.uid,
+            alarm_time: alarm.time,
+        };
+        let push = PushRequest {
+            user: user.clone(),
+            kind: PushKind::Reminder {
+                summary: alarm.summary,
+                start: alarm.start,
+            },
+        };
+        return vec![Action::Reminder(reminder), Action::Push(push)];
+    }
     if alarm.action != "email" {
         return Vec::new();
     }
+    let Some(raw) = event.raw.as_deref() else {
+        return Vec::new();
+    };
     let mut recipients: Vec<String> = alarm
         .recipients
         .iter()
@@ -207,23 +274,25 @@ fn alarm_jobs(event: &Event) -> Vec<JobRequest> {
     }
     recipients
         .into_iter()
-        .map(|recipient| JobRequest {
-            user: user.clone(),
-            key: format!(
-                "alarm:{:016x}",
-                fnv1a(&[
-                    user,
-                    &alarm.calendar,
-                    &alarm.uid,
-                    &alarm.recurrence,
-                    &alarm.time,
-                    &recipient
-                ])
-            ),
-            work: Work::AlarmEmail {
-                recipient,
-                alarm: raw.to_owned(),
-            },
+        .map(|recipient| {
+            Action::Job(JobRequest {
+                user: user.clone(),
+                key: format!(
+                    "alarm:{:016x}",
+                    fnv1a(&[
+                        user,
+                        &alarm.calendar,
+                        &alarm.uid,
+                        &alarm.recurrence,
+                        &alarm.time,
+                        &recipient
+                    ])
+                ),
+                work: Work::AlarmEmail {
+                    recipient,
+                    alarm: raw.to_owned(),
+                },
+            })
         })
         .collect()
 }
@@ -439,6 +508,35 @@ mod tests {
         assert_ne!(
             jobs_of(packet)[0].key,
             jobs_of(b"sms\0SIEVE\0low\0alice\0\x000\0Hi\0/s/2\0")[0].key
+        );
+    }
+
+    #[test]
+    fn display_alarms_remind_at_once() {
+        let json = r#"{"event":"CalendarAlarm","userId":"alice","calendarId":"Default","calendarName":"personal","uid":"e1","alarmTime":"20261128T145123Z","action":"display","alarmRecipients":[],"summary":"Standup","start":"20261128T150053Z","end":"20261128T153053Z","timezone":"UTC","location":"Room 4"}"#;
+        let actions = route(&from_json(json.to_owned()).unwrap());
+        assert_eq!(
+            actions,
+            [
+                Action::Reminder(Reminder {
+                    user: "alice".into(),
+                    summary: "Standup".into(),
+                    start: "20261128T150053Z".into(),
+                    end: "20261128T153053Z".into(),
+                    timezone: "UTC".into(),
+                    location: "Room 4".into(),
+                    calendar: "personal".into(),
+                    uid: "e1".into(),
+                    alarm_time: "20261128T145123Z".into(),
+                }),
+                Action::Push(PushRequest {
+                    user: "alice".into(),
+                    kind: PushKind::Reminder {
+                        summary: "Standup".into(),
+                        start: "20261128T150053Z".into()
+                    }
+                }),
+            ]
         );
     }
 

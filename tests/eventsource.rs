@@ -339,3 +339,24 @@ async fn response_headers_suit_proxies() {
     assert!(!headers.contains_key("content-length"));
     assert!(!headers.contains_key("content-encoding"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn display_alarms_remind_open_streams() {
+    let app = TestApp::start().await;
+    let mut alice = app.sse("alice").await;
+    let mut bob = app.sse("bob").await;
+    app.send_datagram(
+        &std::fs::read(common::fixtures().join("cyrus/129-CalendarAlarm.bin")).unwrap(),
+    );
+    let event = alice.next_event().await.expect("a reminder");
+    assert_eq!(event.event, "reminder");
+    assert_eq!(event.id, "", "a reminder moves no Last-Event-ID");
+    let data: Value = serde_json::from_str(&event.data).unwrap();
+    assert_eq!(data["summary"], "Standup with the push team");
+    assert_eq!(data["location"], "Room 4");
+    assert_eq!(data["calendar"], "personal");
+    assert_eq!(data["start"], "20261128T151608Z");
+    // Bob's stream gets nothing: his next event is his own state.
+    app.send_datagram(&datagram("bob", 3, 1));
+    assert_eq!(bob.next_state().await, (3, 1, 0));
+}

@@ -422,3 +422,17 @@ async fn a_hung_provider_delays_nothing_else_and_the_queue_stays_bounded() {
     assert_eq!(dropped + queued + 4.0 + 1.0, EVENTS as f64, "{metrics}");
     assert_eq!(setup.apns.recorder.received().len(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_display_alarm_alerts_the_phone() {
+    let setup = setup(&[]).await;
+    setup.register_iphone().await;
+    setup.send_fixture("129-CalendarAlarm.bin");
+    let requests = setup.apns_requests(1).await;
+    assert_eq!(
+        requests[0].body,
+        json!({"aps": {"alert": "Standup with the push team\nSaturday, 28 November 2026, 15:16", "sound": "default"}, "account": "alice"})
+    );
+    assert_eq!(requests[0].headers["apns-priority"], "10");
+    assert_eq!(setup.apns.recorder.violations(), Vec::<String>::new());
+}

@@ -105,6 +105,11 @@ impl ApnsClient {
                 "5",
                 BADGE_EXPIRY_SECS,
             ),
+            PushKind::Reminder { summary, start } => {
+                let when = crate::notify::render::ical_when(start, "en");
+                let body = json!({"aps": {"alert": format!("{summary}\n{when}"), "sound": "default"}, "account": job.user});
+                (body.to_string(), "alert", "10", BADGE_EXPIRY_SECS)
+            }
         };
         let mut request = self
             .http

@@ -78,7 +78,7 @@ impl SendError {
 
 impl Droppable for PushJob {
     fn is_alert(&self) -> bool {
-        matches!(self.kind, PushKind::NewMail { .. })
+        !matches!(self.kind, PushKind::Badge { .. })
     }
 }
 

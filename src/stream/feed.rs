@@ -113,6 +113,15 @@ impl Feed {
                     // The hub never drops a cell while it runs; if it does, the stream ends.
                     changed.ok()?;
                 }
+                reminder = self.subscription.reminders.recv() => match reminder {
+                    Ok(frame) => return Some(Bytes::from(frame.to_string())),
+                    // Too slow for the backlog: the oldest reminders are skipped.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    // The hub dropped the channel: reminders are over, state goes on.
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        self.subscription.reminders = tokio::sync::broadcast::Sender::new(1).subscribe();
+                    }
+                },
                 () = tokio::time::sleep_until(self.next_beat) => {
                     self.write_beat(&mut out);
                     return Some(Bytes::from(out));

@@ -7,6 +7,7 @@
 pub mod feed;
 pub mod jmap;
 pub mod legacy;
+pub mod reminder;
 pub mod state;
 
 pub use feed::{FeedOptions, Format, feed};

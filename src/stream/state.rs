@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::route::StateChange;
 
@@ -38,6 +38,9 @@ pub enum SubscribeError {
 pub struct StateHub {
     /// The cells. A std mutex: every critical section is a map lookup with no `.await`.
     users: Mutex<HashMap<Box<str>, watch::Sender<UserState>>>,
+    /// One-off frames (calendar reminders) for users with open streams; a user's channel is
+    /// dropped once nobody listens. A std mutex, as above.
+    reminders: Mutex<HashMap<Box<str>, broadcast::Sender<Arc<str>>>>,
     connections: Arc<AtomicUsize>,
     max_connections: usize,
     max_connections_per_user: usize,
@@ -46,8 +49,14 @@ pub struct StateHub {
 /// A live connection's view of its user's cell; dropping it frees the connection's slot.
 pub struct Subscription {
     pub receiver: watch::Receiver<UserState>,
+    /// Reminder frames, each written as it comes; a connection too slow for
+    /// [`REMINDER_BACKLOG`] of them skips the oldest.
+    pub reminders: broadcast::Receiver<Arc<str>>,
     _slot: ConnectionSlot,
 }
+
+/// Reminders a connection may fall behind by before it misses some.
+pub const REMINDER_BACKLOG: usize = 8;
 
 struct ConnectionSlot(Arc<AtomicUsize>);
 
@@ -108,6 +117,7 @@ impl StateHub {
     pub fn new(max_connections: usize, max_connections_per_user: usize) -> StateHub {
         StateHub {
             users: Mutex::new(HashMap::new()),
+            reminders: Mutex::new(HashMap::new()),
             connections: Arc::new(AtomicUsize::new(0)),
             max_connections,
             max_connections_per_user,
@@ -159,10 +169,38 @@ impl StateHub {
         if cell.receiver_count() >= self.max_connections_per_user {
             return Err(SubscribeError::UserLimit);
         }
+        let receiver = cell.subscribe();
+        drop(users);
+        let mut reminders = self
+            .reminders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let reminders = reminders
+            .entry(user.into())
+            .or_insert_with(|| broadcast::Sender::new(REMINDER_BACKLOG))
+            .subscribe();
         Ok(Subscription {
-            receiver: cell.subscribe(),
+            receiver,
+            reminders,
             _slot: slot,
         })
+    }
+
+    /// Writes a one-off frame to every open stream of `user`; returns how many there were. A
+    /// user with no open stream gets nothing: a reminder is now or never.
+    pub fn remind(&self, user: &str, frame: Arc<str>) -> usize {
+        let mut reminders = self
+            .reminders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(sender) = reminders.get(user) else {
+            return 0;
+        };
+        let reached = sender.send(frame).unwrap_or(0);
+        if reached == 0 {
+            reminders.remove(user);
+        }
+        reached
     }
 
     /// EventSource connections open now.
@@ -258,6 +296,25 @@ mod tests {
         drop(a1);
         assert_eq!(hub.connections(), 2);
         assert!(hub.subscribe("alice").is_ok());
+    }
+
+    #[tokio::test]
+    async fn reminders_reach_open_streams_only() {
+        let hub = StateHub::new(10, 10);
+        assert_eq!(hub.remind("alice", "frame".into()), 0, "nobody listens yet");
+        let mut first = hub.subscribe("alice").unwrap();
+        let mut second = hub.subscribe("alice").unwrap();
+        let mut bob = hub.subscribe("bob").unwrap();
+        assert_eq!(hub.remind("alice", "frame".into()), 2);
+        assert_eq!(&*first.reminders.recv().await.unwrap(), "frame");
+        assert_eq!(&*second.reminders.recv().await.unwrap(), "frame");
+        assert!(bob.reminders.try_recv().is_err(), "not bob's");
+        drop((first, second));
+        assert_eq!(
+            hub.remind("alice", "late".into()),
+            0,
+            "the streams are gone"
+        );
     }
 
     #[test]

@@ -1,0 +1,23 @@
+//! The `reminder` event: a calendar `display` alarm, written once to the owner's open streams
+//! (both formats). It carries no `id`, so it never moves a client's `Last-Event-ID`.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::route::Reminder;
+
+/// One `event: reminder` frame.
+pub fn encode(reminder: &Reminder) -> Arc<str> {
+    let data = json!({
+        "summary": reminder.summary,
+        "start": reminder.start,
+        "end": reminder.end,
+        "timezone": reminder.timezone,
+        "location": reminder.location,
+        "calendar": reminder.calendar,
+        "uid": reminder.uid,
+        "alarmTime": reminder.alarm_time,
+    });
+    format!("event: reminder\ndata: {data}\n\n").into()
+}
