@@ -144,6 +144,15 @@ async fn replay(
             assert_eq!(alice.next_state().await, *state, "after {name}");
             matched += 1;
         }
+        // The captured calendar alarm is a display alarm: a reminder on alice's stream.
+        if name.contains("CalendarAlarm") {
+            let event = alice.next_event().await.expect("a reminder");
+            assert_eq!(event.event, "reminder", "after {name}: {event:?}");
+            assert!(
+                event.data.contains("Standup with the push team"),
+                "{event:?}"
+            );
+        }
     }
     assert_eq!(matched, expected.len(), "every expected fixture was sent");
     send(&marker("alice", 1000));
@@ -315,15 +324,24 @@ async fn fastmail_counters_drive_all_three_modseqs() {
         send_datagram(&setup.cyrus_socket, &bytes);
     }
     // The capture ends with mail 45 and calendar 72 in vnd.fastmail.counters; states only rise.
+    // The display alarm in the capture adds a reminder somewhere in between.
     let mut last = (0, 0, 0);
+    let mut reminders = 0;
     while last != (45, 72, 0) {
-        let state = alice.next_state().await;
+        let event = alice.next_event().await.expect("stream open");
+        if event.event == "reminder" {
+            reminders += 1;
+            continue;
+        }
+        assert_eq!(event.event, "push", "{event:?}");
+        let state = common::sse::state_of(&event.data);
         assert!(
             state.0 >= last.0 && state.1 >= last.1 && state.2 >= last.2,
             "{state:?} after {last:?}"
         );
         last = state;
     }
+    assert!(reminders <= 1, "one display alarm, at most one reminder");
     let metrics = setup.metrics().await;
     assert!(
         !metrics.contains("mailpush_packets_rejected_total{"),
