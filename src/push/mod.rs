@@ -13,6 +13,7 @@ pub mod breaker;
 pub mod devices;
 pub mod fcm;
 pub mod queue;
+mod sender;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,13 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use devices::DeviceCache;
 
-use crate::auth::unix_now;
 use crate::config::PushConfig;
 use crate::metrics::Metrics;
 use crate::route::{PushKind, PushRequest};
@@ -265,7 +265,7 @@ pub fn spawn(
         base: Duration::from_millis(config.retry_base_ms),
         cap: Duration::from_secs(60),
     };
-    let sender = Sender {
+    let sender = sender::Sender {
         handle: handle.clone(),
         store,
         policy,
@@ -274,144 +274,6 @@ pub fn spawn(
     };
     tracker.spawn(sender.run());
     handle
-}
-
-/// Takes jobs off the queue and starts their deliveries.
-struct Sender {
-    handle: PushHandle,
-    store: Store,
-    policy: RetryPolicy,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
-}
-
-impl Sender {
-    async fn run(self) {
-        loop {
-            let job = tokio::select! {
-                () = self.shutdown.cancelled() => break,
-                job = self.handle.queue.pop() => match job {
-                    Some(job) => job,
-                    None => break,
-                },
-            };
-            let Some(provider) = self.handle.providers.for_device(&job.device).cloned() else {
-                continue;
-            };
-            if !provider.breaker.allow() {
-                self.handle.metrics.push_outcome(
-                    provider.kind,
-                    &provider.app,
-                    "dropped_breaker_open",
-                );
-                continue;
-            }
-            let permit = tokio::select! {
-                () = self.shutdown.cancelled() => break,
-                permit = provider.in_flight.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    // The semaphore is never closed.
-                    Err(_) => break,
-                },
-            };
-            let delivery = Delivery {
-                job,
-                provider,
-                store: self.store.clone(),
-                devices: self.handle.devices.clone(),
-                metrics: self.handle.metrics.clone(),
-                policy: self.policy,
-                shutdown: self.shutdown.clone(),
-            };
-            self.tracker.spawn(delivery.run(permit));
-        }
-        let left = self.handle.queue.len();
-        if left > 0 {
-            tracing::warn!(pushes = left, "shutting down with pushes still queued");
-        }
-    }
-}
-
-/// One job's delivery, with its retries.
-struct Delivery {
-    job: PushJob,
-    provider: Arc<Provider>,
-    store: Store,
-    devices: Arc<DeviceCache>,
-    metrics: Arc<Metrics>,
-    policy: RetryPolicy,
-    shutdown: CancellationToken,
-}
-
-impl Delivery {
-    async fn run(self, _permit: OwnedSemaphorePermit) {
-        let (kind, app) = (self.provider.kind, self.provider.app.as_str());
-        for attempt in 1..=self.policy.max_attempts {
-            match self.provider.send(&self.job).await {
-                Ok(()) => {
-                    self.provider.breaker.success();
-                    self.metrics.push_outcome(kind, app, "sent");
-                    tracing::debug!(push = %self.job.id, provider = kind, app, attempt, "pushed");
-                    return;
-                }
-                Err(SendError::Unregistered { since, reason }) => {
-                    self.provider.breaker.success();
-                    self.remove_device(since, &reason).await;
-                    return;
-                }
-                Err(SendError::Permanent { reason }) => {
-                    self.provider.breaker.success();
-                    self.metrics.push_outcome(kind, app, "failed");
-                    tracing::warn!(push = %self.job.id, provider = kind, app, reason, "push refused");
-                    return;
-                }
-                Err(SendError::Retry { after, reason }) => {
-                    self.provider.breaker.failure();
-                    if attempt == self.policy.max_attempts {
-                        self.metrics.push_outcome(kind, app, "failed");
-                        tracing::warn!(push = %self.job.id, provider = kind, app, attempts = attempt, reason, "push given up");
-                        return;
-                    }
-                    self.metrics.push_outcome(kind, app, "retried");
-                    let delay =
-                        after.unwrap_or_else(|| self.policy.delay(attempt, random_fraction()));
-                    tracing::debug!(push = %self.job.id, provider = kind, attempt, ?delay, reason, "push will be retried");
-                    tokio::select! {
-                        () = self.shutdown.cancelled() => {
-                            self.metrics.push_outcome(kind, app, "dropped_shutdown");
-                            return;
-                        }
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-    }
-
-    async fn remove_device(&self, since: Option<i64>, reason: &str) {
-        let (kind, app) = (self.provider.kind, self.provider.app.as_str());
-        let device = &self.job.device;
-        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-        match self
-            .store
-            .remove_dead_token(device.platform, &device.token, since, reason, now)
-            .await
-        {
-            Ok(Some(removed)) => {
-                self.devices.remove(&removed);
-                self.metrics.push_outcome(kind, app, "token_removed");
-                tracing::info!(push = %self.job.id, provider = kind, device = removed.id, reason, "removed dead device token");
-            }
-            Ok(None) => {
-                // Registered again after the provider's "dead since": keep it.
-                self.metrics.push_outcome(kind, app, "failed");
-            }
-            Err(err) => {
-                self.metrics.push_outcome(kind, app, "failed");
-                tracing::error!(error = %err, device = device.id, "cannot remove dead device token");
-            }
-        }
-    }
 }
 
 impl RetryPolicy {
@@ -553,7 +415,7 @@ mod tests {
             created_at: 0,
             registered_at: 0,
         };
-        let delivery = Delivery {
+        let delivery = sender::Delivery {
             job: PushJob {
                 id: uuid_v4(),
                 user: "alice".into(),
