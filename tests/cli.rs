@@ -169,3 +169,88 @@ fn token_uses_the_configured_secret_and_ttl() {
     let (status, _, stderr) = run_command(dir.path(), &env, &["token"]);
     assert_ne!(status, 0, "--user is required: {stderr}");
 }
+
+/// JSON logs for a log pipeline, and no secret or token in them even at debug level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_no_secrets() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let auth_secret = "auth-secret-that-must-not-leak";
+    let ingest_secret = "ingest-secret-that-must-not-leak";
+    let env = [
+        ("MAILPUSH_HTTP__LISTEN", "127.0.0.1:0".to_owned()),
+        ("MAILPUSH_AUTH__SECRET", auth_secret.to_owned()),
+        ("MAILPUSH_INGEST__SECRET", ingest_secret.to_owned()),
+        (
+            "MAILPUSH_DATABASE__URL",
+            format!("sqlite://{}/db.sqlite?mode=rwc", dir.path().display()),
+        ),
+        // Everything at debug, dependencies included.
+        ("RUST_LOG", "debug".to_owned()),
+    ];
+    let server = Server::start(dir.path(), &env, &["serve", "--log-format", "json"]);
+    let (_, token, _) = run_command(dir.path(), &env, &["token", "--user", "alice"]);
+    let token = token.trim().to_owned();
+    let client = reqwest::Client::new();
+    let ready = client.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(
+        ready.json::<serde_json::Value>().await.unwrap()["database"],
+        "ok"
+    );
+    // A valid token in the query, a forged one, the ingest secret, a wrong ingest secret.
+    let stream = client
+        .get(server.url(&format!("/events?access_token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    drop(stream);
+    let forged = client
+        .get(server.url("/events"))
+        .bearer_auth("forged.token-value.leak")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let event = r#"{"event":"MessageNew","uri":"imap://h/user/alice;UIDVALIDITY=1/;UID=1","modseq":1,"vnd.cmu.mbtype":"e"}"#;
+    let ingested = client
+        .post(server.url("/ingest"))
+        .bearer_auth(ingest_secret)
+        .body(event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ingested.status(), 200);
+    let refused = client
+        .post(server.url("/ingest"))
+        .bearer_auth("wrong-ingest-secret-leak")
+        .body(event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    common::wait_until("the ingested event in the log", || async {
+        server.log().contains("event received")
+    })
+    .await;
+    let log = server.log();
+    for line in log.lines() {
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+        assert!(parsed.is_ok(), "not a JSON line: {line}");
+    }
+    for secret in [
+        auth_secret,
+        ingest_secret,
+        token.as_str(),
+        "forged.token-value.leak",
+        "wrong-ingest-secret-leak",
+    ] {
+        assert!(!log.contains(secret), "{secret} appears in the log:\n{log}");
+    }
+    let secret_file =
+        std::fs::read_to_string(dir.path().join("data/auth.secret")).unwrap_or_default();
+    assert!(
+        secret_file.is_empty(),
+        "a configured secret is not written to disk"
+    );
+}

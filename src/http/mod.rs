@@ -65,6 +65,7 @@ pub fn router(state: Arc<HttpState>, max_body_bytes: usize) -> Router {
         .route("/devices", post(devices::register).get(devices::list))
         .route("/devices/{id}", axum::routing::delete(devices::delete))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
@@ -72,6 +73,30 @@ pub fn router(state: Arc<HttpState>, max_body_bytes: usize) -> Router {
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// Ready when the database answers (the listeners are bound before HTTP serves at all).
+async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
+    match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"database": "ok"})),
+        )
+            .into_response(),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "readiness: database unreachable");
+            not_ready("database unreachable")
+        }
+        Err(_) => not_ready("database did not answer within 2 s"),
+    }
+}
+
+fn not_ready(reason: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(serde_json::json!({"database": reason})),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {

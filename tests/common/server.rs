@@ -47,8 +47,8 @@ impl Server {
             .args(args)
             .current_dir(dir)
             .env_clear()
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -81,8 +81,11 @@ impl Server {
         };
         Server {
             child,
-            http: field(&line, "http=").expect("http address in the listening line"),
-            ndjson: field(&line, "ndjson=Some("),
+            // Text logs say `http=ADDR`, JSON logs `"http":"ADDR"`.
+            http: field(&line, "http=")
+                .or_else(|| field(&line, "\"http\":\""))
+                .expect("http address in the listening line"),
+            ndjson: field(&line, "ndjson=Some(").or_else(|| field(&line, "\"ndjson\":\"Some(")),
             log,
         }
     }
@@ -129,6 +132,6 @@ impl Drop for Server {
 fn field(line: &str, prefix: &str) -> Option<SocketAddr> {
     let start = line.find(prefix)? + prefix.len();
     let rest = &line[start..];
-    let end = rest.find([' ', ')']).unwrap_or(rest.len());
+    let end = rest.find([' ', ')', '"']).unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
