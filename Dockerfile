@@ -22,5 +22,6 @@ ENV MAILPUSH_HTTP__LISTEN=0.0.0.0:8080 \
     MAILPUSH_INGEST__CYRUS_SOCKET=/run/mailpush/notify.sock
 VOLUME ["/var/lib/mailpush/data", "/run/mailpush"]
 EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 CMD ["/usr/local/bin/mailpush", "health"]
 ENTRYPOINT ["/usr/local/bin/mailpush"]
 CMD ["serve"]

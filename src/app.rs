@@ -27,9 +27,6 @@ use crate::push::{self, DeviceCache, Providers};
 use crate::store::Store;
 use crate::stream::StateHub;
 
-/// How long tasks get to finish after shutdown begins.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// Every listener mailpush serves, bound before [`run`] starts.
 pub struct Listeners {
     pub http: TcpListener,
@@ -215,7 +212,8 @@ pub async fn run(
     tracing::info!("shutting down");
     cancel.cancel();
     tracker.close();
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await;
+    let grace = Duration::from_secs(config.shutdown.grace_secs);
+    let drained = tokio::time::timeout(grace, tracker.wait()).await;
     for path in &socket_files {
         if let Err(err) = std::fs::remove_file(path) {
             tracing::warn!(path = %path.display(), error = %err, "cannot remove socket file");
@@ -224,7 +222,7 @@ pub async fn run(
     match drained {
         Ok(()) => tracing::info!("stopped"),
         Err(_) => {
-            tracing::warn!(grace = ?SHUTDOWN_GRACE, "tasks still running at the shutdown deadline")
+            tracing::warn!(?grace, "tasks still running at the shutdown deadline")
         }
     }
     Ok(())

@@ -53,6 +53,8 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Exit 0 if the server on http.listen answers GET /healthz, else 1 (for HEALTHCHECK).
+    Health,
     /// Show or change a user's notification settings (language, SMS number and credit).
     #[command(subcommand)]
     User(UserCommand),
@@ -125,6 +127,7 @@ fn main() -> ExitCode {
             init_logging(&config);
             serve(config)
         }
+        Command::Health => health(&config),
         Command::User(command) => with_store(&config, |store| user_command(store, command)),
         Command::Jobs {
             state,
@@ -154,6 +157,30 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let listeners = Listeners::bind(&config).await?;
         app::run(config, listeners, shutdown_signal()).await
     })
+}
+
+/// Asks the local server for `/healthz` over plain HTTP/1.1, with a short timeout.
+fn health(config: &Config) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut addr = config.http.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let timeout = std::time::Duration::from_secs(3);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(
+        format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    anyhow::ensure!(
+        reply.starts_with("HTTP/1.1 200"),
+        "unhealthy: {}",
+        reply.lines().next().unwrap_or("no answer")
+    );
+    Ok(())
 }
 
 /// Opens the configured database and runs one admin command on it.

@@ -254,3 +254,32 @@ async fn json_logs_carry_no_secrets() {
         "a configured secret is not written to disk"
     );
 }
+
+/// `docker build` cannot run here, so the Dockerfile's HEALTHCHECK command is run as written
+/// against the built binary: healthy while serving, unhealthy once stopped.
+#[test]
+fn dockerfile_healthcheck_command_works() {
+    let dockerfile = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile"),
+    )
+    .unwrap();
+    let line = dockerfile
+        .lines()
+        .find(|line| line.starts_with("HEALTHCHECK"))
+        .expect("a HEALTHCHECK");
+    let exec = &line[line.find("CMD [").expect("exec form") + 4..];
+    let argv: Vec<String> = serde_json::from_str(exec).expect("a JSON array");
+    assert_eq!(argv[0], "/usr/local/bin/mailpush", "the installed binary");
+    let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server_env = [("MAILPUSH_HTTP__LISTEN", "127.0.0.1:0".to_owned())];
+    let server = Server::start(dir.path(), &server_env, &[]);
+    let env = [("MAILPUSH_HTTP__LISTEN", server.http.to_string())];
+    let (status, _, stderr) = run_command(dir.path(), &env, &args);
+    assert_eq!(status, 0, "healthy: {stderr}");
+    assert!(server.terminate().success());
+    let (status, _, stderr) = run_command(dir.path(), &env, &args);
+    assert_eq!(status, 1, "unhealthy once stopped");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+}

@@ -26,7 +26,23 @@ pub struct Config {
     pub auth: AuthConfig,
     pub push: PushConfig,
     pub notify: NotifyConfig,
+    pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+}
+
+/// Stopping.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Seconds that in-flight pushes, the job in hand and the job writer get to finish after
+    /// SIGTERM; EventSource clients are told to come back and closed at once.
+    pub grace_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { grace_secs: 10 }
+    }
 }
 
 /// The HTTP listener and the EventSource endpoints.

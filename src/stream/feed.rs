@@ -92,8 +92,11 @@ impl FeedOptions {
 
 impl Feed {
     async fn next_frame(&mut self) -> Option<Bytes> {
-        if self.finished || self.shutdown.is_cancelled() {
+        if self.finished {
             return None;
+        }
+        if self.shutdown.is_cancelled() {
+            return Some(self.goodbye());
         }
         let mut out = String::new();
         if !self.started {
@@ -108,7 +111,7 @@ impl Feed {
             }
             tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => return None,
+                () = self.shutdown.cancelled() => return Some(self.goodbye()),
                 changed = self.subscription.receiver.changed() => {
                     // The hub never drops a cell while it runs; if it does, the stream ends.
                     changed.ok()?;
@@ -128,6 +131,13 @@ impl Feed {
                 }
             }
         }
+    }
+
+    /// The last frame before a shutdown closes the stream: the reconnection hint again, so
+    /// clients come back (to this node once restarted, or another) after that delay.
+    fn goodbye(&mut self) -> Bytes {
+        self.finished = true;
+        Bytes::from(format!("retry: {}\n\n", self.options.retry_ms))
     }
 
     /// Appends a state frame if the state moved past what the client saw.
@@ -222,6 +232,11 @@ mod tests {
         assert_eq!(next(&mut stream).await, frame(6));
         assert_eq!(next(&mut stream).await, ":\n\n");
         shutdown.cancel();
+        assert_eq!(
+            next(&mut stream).await,
+            "retry: 5000\n\n",
+            "told to come back"
+        );
         assert!(stream.next().await.is_none());
     }
 
