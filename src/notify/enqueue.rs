@@ -28,12 +28,12 @@ impl JobHandle {
     /// Queues a job for writing. Never waits; a full queue drops the job and counts it.
     pub fn enqueue(&self, request: JobRequest) {
         if let Err(err) = self.sender.try_send(request) {
-            let request = match err {
-                mpsc::error::TrySendError::Full(request)
-                | mpsc::error::TrySendError::Closed(request) => request,
+            let (request, why) = match err {
+                mpsc::error::TrySendError::Full(request) => (request, "job writer queue full"),
+                mpsc::error::TrySendError::Closed(request) => (request, "shutting down"),
             };
             self.metrics.job_outcome("dropped");
-            tracing::error!(user = %request.user, key = %request.key, "job writer queue full: job dropped");
+            tracing::error!(user = %request.user, key = %request.key, why, "job dropped");
         }
     }
 }
