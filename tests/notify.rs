@@ -425,3 +425,46 @@ async fn a_hanging_smtp_server_delays_nothing_on_the_fast_path() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_notification_about_an_auto_submitted_message() {
+    let smtp = SmtpSink::start();
+    let sms = SmsMock::start().await;
+    let app = app(&smtp, &sms, &[]).await;
+    let staged = tempfile::tempdir().unwrap();
+    let auto_reply = staged.path().join("1-auto");
+    std::fs::write(&auto_reply, "From: bob@example.test\r\nAuto-Submitted: auto-replied\r\nSubject: Out of office\r\n\r\nAway.\r\n").unwrap();
+    let person = staged.path().join("2-person");
+    std::fs::write(
+        &person,
+        "From: bob@example.test\r\nAuto-Submitted: no\r\nSubject: Hi\r\n\r\nHello.\r\n",
+    )
+    .unwrap();
+    for (path, recipient) in [
+        (&auto_reply, "auto@example.test"),
+        (&person, "person@example.test"),
+    ] {
+        let packet = format!(
+            "mailto\0SIEVE\0normal\0alice\0\x001\0{recipient}\0New mail\0{}\0",
+            path.display()
+        );
+        app.send_datagram(packet.as_bytes());
+    }
+    let mails = wait_for_mails(&smtp, 1).await;
+    wait_until("the auto-reply skipped", || async {
+        metric(
+            &app.metrics().await,
+            "mailpush_jobs_total{outcome=\"skipped_auto_submitted\"}",
+        ) == 1.0
+    })
+    .await;
+    wait_until("one sent", || async {
+        metric(
+            &app.metrics().await,
+            "mailpush_jobs_total{outcome=\"sent\"}",
+        ) == 1.0
+    })
+    .await;
+    assert_eq!(smtp.mails().len(), 1);
+    assert_eq!(mails[0].to, ["person@example.test"]);
+}

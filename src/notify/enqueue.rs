@@ -70,16 +70,68 @@ async fn run(
             }
         };
         let Some(first) = first else { return };
-        batch.push(new_job(first));
-        while batch.len() < BATCH {
+        let mut requests = vec![first];
+        while requests.len() < BATCH {
             match receiver.try_recv() {
-                Ok(request) => batch.push(new_job(request)),
+                Ok(request) => requests.push(request),
                 Err(_) => break,
             }
+        }
+        for request in requests {
+            if triggered_by_auto_submitted(&request).await {
+                metrics.job_outcome("skipped_auto_submitted");
+                tracing::info!(user = %request.user, "no notification about an auto-submitted message");
+                continue;
+            }
+            batch.push(new_job(request));
+        }
+        if batch.is_empty() {
+            continue;
         }
         write(&store, &mut batch, &metrics).await;
         written.notify_waiters();
     }
+}
+
+/// Whether the message that triggered a notification says `Auto-Submitted` (anything but
+/// `no`): RFC 5436 forbids notifying about auto-replies, notifications and bounces. The
+/// staging file is read while lmtpd is still delivering; if it is already gone, the
+/// notification is sent (its own `Auto-Submitted: auto-notified` stops loops downstream).
+async fn triggered_by_auto_submitted(request: &JobRequest) -> bool {
+    let Some(path) = &request.trigger else {
+        return false;
+    };
+    let mut head = vec![0u8; 64 * 1024];
+    let read = match tokio::fs::File::open(path).await {
+        Ok(mut file) => {
+            use tokio::io::AsyncReadExt;
+            file.read(&mut head).await.unwrap_or(0)
+        }
+        Err(err) => {
+            tracing::debug!(path, error = %err, "cannot read the triggering message; notifying anyway");
+            return false;
+        }
+    };
+    auto_submitted(&String::from_utf8_lossy(&head[..read]))
+}
+
+/// Reads the `Auto-Submitted` field of a message's header (unfolded, any case).
+fn auto_submitted(message: &str) -> bool {
+    let header_end = message
+        .find("\r\n\r\n")
+        .or_else(|| message.find("\n\n"))
+        .unwrap_or(message.len());
+    let header = message[..header_end]
+        .replace("\r\n", "\n")
+        .replace("\n ", " ")
+        .replace("\n\t", " ");
+    header.lines().any(|line| {
+        let Some((name, value)) = line.split_once(':') else {
+            return false;
+        };
+        let value = value.split(';').next().unwrap_or("").trim();
+        name.trim().eq_ignore_ascii_case("auto-submitted") && !value.eq_ignore_ascii_case("no")
+    })
 }
 
 /// Inserts the batch, retrying until the database takes it.
@@ -104,5 +156,26 @@ async fn write(store: &Store, batch: &mut Vec<NewJob>, metrics: &Metrics) {
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_submitted_headers() {
+        assert!(auto_submitted(
+            "From: a\r\nAuto-Submitted: auto-replied\r\n\r\nbody"
+        ));
+        assert!(auto_submitted(
+            "auto-submitted:\n auto-notified; owner-email=\"x@y\"\n\nbody"
+        ));
+        assert!(!auto_submitted("From: a\r\nAuto-Submitted: no\r\n\r\nbody"));
+        assert!(
+            !auto_submitted("From: a\r\nSubject: hi\r\n\r\nAuto-Submitted: auto-replied"),
+            "only the header counts"
+        );
+        assert!(!auto_submitted(""));
     }
 }

@@ -43,6 +43,9 @@ pub struct Reminder {
 pub struct JobRequest {
     /// The user the job is for (whose language, number and credit apply).
     pub user: String,
+    /// The file holding the message that triggered a notification email (lmtpd's staging
+    /// copy), checked for `Auto-Submitted` before the job is queued (RFC 5436 loop prevention).
+    pub trigger: Option<String>,
     /// The same event always yields the same key, so a replay sends nothing twice.
     pub key: String,
     pub work: Work,

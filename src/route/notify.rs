@@ -70,7 +70,15 @@ pub(super) fn sieve_job(event: &Event) -> Option<JobRequest> {
             packet.fname.as_deref().unwrap_or("")
         ])
     );
-    Some(JobRequest { user, key, work })
+    let trigger = matches!(work, Work::SieveEmail { .. })
+        .then(|| packet.fname.clone())
+        .flatten();
+    Some(JobRequest {
+        user,
+        key,
+        work,
+        trigger,
+    })
 }
 
 /// The fields of Cyrus's CalendarAlarm event that routing needs.
@@ -164,6 +172,7 @@ pub(super) fn alarm_actions(event: &Event) -> Vec<Action> {
         .map(|recipient| {
             Action::Job(JobRequest {
                 user: user.clone(),
+                trigger: None,
                 key: format!(
                     "alarm:{:016x}",
                     fnv1a(&[
