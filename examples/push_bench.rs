@@ -76,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
             created_at: 0,
             registered_at: 0,
         },
+        received_at: Instant::now(),
         kind: PushKind::NewMail {
             from: "Robert Norris".into(),
             subject: "Holiday pics".into(),

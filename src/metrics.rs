@@ -93,6 +93,18 @@ pub struct Metrics {
     push_queue: Gauge,
     jobs: Family<OutcomeLabels, Counter>,
     job_latency: Histogram,
+    eventsource_latency: Histogram,
+    push_latency: Family<ProviderLabels, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: &'static str,
+}
+
+/// Buckets from 50 µs to about 26 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -185,8 +197,23 @@ impl Metrics {
             "From a job's enqueue to its successful send",
             job_latency.clone(),
         );
+        let eventsource_latency = latency_histogram();
+        registry.register(
+            "eventsource_latency_seconds",
+            "From an event raising a user's state to the frame written to each of the user's streams",
+            eventsource_latency.clone(),
+        );
+        let push_latency: Family<ProviderLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "push_latency_seconds",
+            "From an event to the provider's final answer to its push, by provider",
+            push_latency.clone(),
+        );
         Metrics {
             registry,
+            eventsource_latency,
+            push_latency,
             pushes,
             push_queue,
             jobs,
@@ -262,6 +289,18 @@ impl Metrics {
     /// Counts what became of a job.
     pub fn job_outcome(&self, outcome: &'static str) {
         self.jobs.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// The histogram a feed records its delivery latency in.
+    pub fn eventsource_latency(&self) -> Histogram {
+        self.eventsource_latency.clone()
+    }
+
+    /// Records how long a push took from its event to the provider's final answer.
+    pub fn push_latency(&self, provider: &'static str, latency: std::time::Duration) {
+        self.push_latency
+            .get_or_create(&ProviderLabels { provider })
+            .observe(latency.as_secs_f64());
     }
 
     /// Records how long a job took from enqueue to sent.

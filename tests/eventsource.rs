@@ -104,6 +104,17 @@ async fn thousand_clients_end_with_their_latest_state() {
         ),
         EVENTS as f64
     );
+    // Every frame a client read was counted, and its latency recorded.
+    let sent = metric(
+        &metrics,
+        "mailpush_eventsource_events_sent_total{format=\"legacy\"}",
+    );
+    assert_eq!(sent, deliveries as f64, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "mailpush_eventsource_latency_seconds_count"),
+        sent,
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

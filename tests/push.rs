@@ -167,6 +167,12 @@ async fn new_mail_alerts_the_iphone_and_reading_it_moves_the_badge() {
     setup
         .wait_outcome("apns", common::mock::APNS_TOPIC, "sent", 3.0)
         .await;
+    let metrics = setup.app.metrics().await;
+    let latencies = metric(
+        &metrics,
+        "mailpush_push_latency_seconds_count{provider=\"apns\"}",
+    );
+    assert_eq!(latencies, 3.0, "one latency per final answer: {metrics}");
     assert_eq!(
         setup.fcm.recorder.grants(),
         1,

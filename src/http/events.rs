@@ -120,6 +120,7 @@ fn open_stream(
         retry_ms: retry_with_jitter(state.retry_ms),
         keepalive: state.keepalive,
         sent: state.metrics.frames_sent(format_label),
+        latency: state.metrics.eventsource_latency(),
     };
     let frames = feed(user, subscription, seen, options, state.shutdown.clone());
     Response::builder()

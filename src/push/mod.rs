@@ -42,6 +42,8 @@ pub struct PushJob {
     pub user: String,
     pub device: Device,
     pub kind: PushKind,
+    /// When the event that caused it was dispatched, for the push latency.
+    pub received_at: std::time::Instant,
 }
 
 /// How a delivery failed, classified once by the provider client.
@@ -220,6 +222,7 @@ impl PushHandle {
                 continue;
             };
             let job = PushJob {
+                received_at: std::time::Instant::now(),
                 id: uuid_v4(),
                 user: request.user.clone(),
                 kind: request.kind.clone(),
@@ -421,6 +424,7 @@ mod tests {
                 user: "alice".into(),
                 device,
                 kind: PushKind::Badge { unseen: 1 },
+                received_at: std::time::Instant::now(),
             },
             provider: provider.clone(),
             store,

@@ -84,7 +84,13 @@ impl Delivery {
     pub(super) async fn run(self, _permit: OwnedSemaphorePermit) {
         let (kind, app) = (self.provider.kind, self.provider.app.as_str());
         for attempt in 1..=self.policy.max_attempts {
-            match self.provider.send(&self.job).await {
+            let result = self.provider.send(&self.job).await;
+            let last = attempt == self.policy.max_attempts;
+            if result.is_ok() || !matches!(result, Err(SendError::Retry { .. })) || last {
+                self.metrics
+                    .push_latency(kind, self.job.received_at.elapsed());
+            }
+            match result {
                 Ok(()) => {
                     self.provider.breaker.success();
                     self.metrics.push_outcome(kind, app, "sent");

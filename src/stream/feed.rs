@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +42,8 @@ pub struct FeedOptions {
     pub keepalive: Duration,
     /// Counts frames that carried state.
     pub sent: Counter,
+    /// Time from a state change to its frame being handed to the connection.
+    pub latency: Histogram,
 }
 
 /// Streams one connection's frames until the client goes, the user's cell closes, or shutdown.
@@ -142,7 +145,8 @@ impl Feed {
 
     /// Appends a state frame if the state moved past what the client saw.
     fn write_state_if_moved(&mut self, out: &mut String) -> bool {
-        let now = *self.subscription.receiver.borrow_and_update();
+        let cell = *self.subscription.receiver.borrow_and_update();
+        let now = cell.state;
         let wrote = match &self.options.format {
             Format::Legacy => {
                 let moved = now.is_newer_than(&self.seen);
@@ -164,6 +168,11 @@ impl Feed {
         self.seen = now;
         if wrote {
             self.options.sent.inc();
+            if let Some(changed_at) = cell.changed_at {
+                self.options
+                    .latency
+                    .observe(changed_at.elapsed().as_secs_f64());
+            }
             self.next_beat = Instant::now() + self.options.beat_interval();
         }
         wrote
@@ -200,6 +209,7 @@ mod tests {
             retry_ms: 5000,
             keepalive: Duration::from_secs(25),
             sent: Counter::default(),
+            latency: Histogram::new([0.001]),
         }
     }
 

@@ -11,4 +11,4 @@ pub mod reminder;
 pub mod state;
 
 pub use feed::{FeedOptions, Format, feed};
-pub use state::{StateHub, SubscribeError, Subscription, UserState};
+pub use state::{Cell, StateHub, SubscribeError, Subscription, UserState};

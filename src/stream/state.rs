@@ -25,6 +25,14 @@ pub struct UserState {
     pub delivered: u64,
 }
 
+/// What a user's cell holds: the state, and when it last moved (for the delivery latency).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cell {
+    pub state: UserState,
+    /// When `apply` last raised the state; None until it first does.
+    pub changed_at: Option<std::time::Instant>,
+}
+
 /// Why a subscription was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
@@ -37,7 +45,7 @@ pub enum SubscribeError {
 /// Every user's state cell, and the connection caps.
 pub struct StateHub {
     /// The cells. A std mutex: every critical section is a map lookup with no `.await`.
-    users: Mutex<HashMap<Box<str>, watch::Sender<UserState>>>,
+    users: Mutex<HashMap<Box<str>, watch::Sender<Cell>>>,
     /// One-off frames (calendar reminders) for users with open streams; a user's channel is
     /// dropped once nobody listens. A std mutex, as above.
     reminders: Mutex<HashMap<Box<str>, broadcast::Sender<Arc<str>>>>,
@@ -48,7 +56,7 @@ pub struct StateHub {
 
 /// A live connection's view of its user's cell; dropping it frees the connection's slot.
 pub struct Subscription {
-    pub receiver: watch::Receiver<UserState>,
+    pub receiver: watch::Receiver<Cell>,
     /// Reminder frames, each written as it comes; a connection too slow for
     /// [`REMINDER_BACKLOG`] of them skips the oldest.
     pub reminders: broadcast::Receiver<Arc<str>>,
@@ -131,13 +139,21 @@ impl StateHub {
             .users
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = std::time::Instant::now();
+        let raise = |cell: &mut Cell| {
+            let moved = cell.state.raise(change);
+            if moved {
+                cell.changed_at = Some(now);
+            }
+            moved
+        };
         match users.get(user) {
-            Some(cell) => cell.send_if_modified(|state| state.raise(change)),
+            Some(sender) => sender.send_if_modified(raise),
             None => {
-                let mut state = UserState::default();
-                let moved = state.raise(change);
+                let mut cell = Cell::default();
+                let moved = raise(&mut cell);
                 if moved {
-                    users.insert(user.into(), watch::Sender::new(state));
+                    users.insert(user.into(), watch::Sender::new(cell));
                 }
                 moved
             }
@@ -152,7 +168,7 @@ impl StateHub {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         users
             .get(user)
-            .map(|cell| *cell.borrow())
+            .map(|cell| cell.borrow().state)
             .unwrap_or_default()
     }
 
@@ -165,7 +181,7 @@ impl StateHub {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let cell = users
             .entry(user.into())
-            .or_insert_with(|| watch::Sender::new(UserState::default()));
+            .or_insert_with(|| watch::Sender::new(Cell::default()));
         if cell.receiver_count() >= self.max_connections_per_user {
             return Err(SubscribeError::UserLimit);
         }
@@ -271,7 +287,9 @@ mod tests {
         assert!(!sub.receiver.has_changed().unwrap());
         hub.apply("alice", &mail(1));
         assert!(sub.receiver.has_changed().unwrap());
-        assert_eq!(sub.receiver.borrow_and_update().mail, 1);
+        let cell = *sub.receiver.borrow_and_update();
+        assert_eq!(cell.state.mail, 1);
+        assert!(cell.changed_at.is_some(), "stamped when it moved");
         hub.apply("alice", &mail(1));
         assert!(!sub.receiver.has_changed().unwrap());
         hub.apply("bob", &mail(9));
