@@ -21,7 +21,10 @@ use crate::config::Config;
 use crate::http::{self, HttpState};
 use crate::ingest::{self, socket::SocketAccess};
 use crate::metrics::Metrics;
-use crate::notify::{self, worker::Workers};
+use crate::notify::{
+    self,
+    worker::{TemplateReloader, Workers},
+};
 use crate::pipeline::Pipeline;
 use crate::push::{self, DeviceCache, Providers};
 use crate::store::Store;
@@ -83,6 +86,30 @@ impl Listeners {
     }
 }
 
+/// Reloads the templates on every SIGHUP (`main` reloads the log level on the same signal).
+async fn reload_on_hangup(templates: TemplateReloader, dir: PathBuf, cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch SIGHUP; templates will not reload");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            received = hangups.recv() => if received.is_none() { return },
+        }
+        match templates.reload(&dir) {
+            Ok(()) => tracing::info!(dir = %dir.display(), "templates reloaded"),
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "templates not reloaded; keeping the current ones")
+            }
+        }
+    }
+}
+
 /// Runs mailpush until `shutdown` completes, then drains.
 pub async fn run(
     config: Config,
@@ -126,14 +153,19 @@ pub async fn run(
         &tracker,
         cancel.clone(),
     );
-    Workers::new(
+    let workers = Workers::new(
         &config.notify,
         &config.storage.data_dir,
         store.clone(),
         metrics.clone(),
         job_written,
-    )?
-    .spawn(config.notify.workers, &tracker, cancel.clone());
+    )?;
+    tracker.spawn(reload_on_hangup(
+        workers.templates(),
+        config.notify.templates_dir.clone(),
+        cancel.clone(),
+    ));
+    workers.spawn(config.notify.workers, &tracker, cancel.clone());
     let pipeline = Arc::new(Pipeline::new(
         hub.clone(),
         push.clone(),

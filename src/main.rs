@@ -124,8 +124,8 @@ fn main() -> ExitCode {
             print_token(&config, &user, ttl)
         }
         Command::Serve => {
-            init_logging(&config);
-            serve(config)
+            let log_level = init_logging(&config);
+            serve(config, config_path, log_level)
         }
         Command::Health => health(&config),
         Command::User(command) => with_store(&config, |store| user_command(store, command)),
@@ -151,12 +151,40 @@ fn print_token(config: &Config, user: &str, ttl: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, config_path: Option<PathBuf>, log_level: LogLevel) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listeners = Listeners::bind(&config).await?;
+        tokio::spawn(reload_log_level_on_hangup(config_path, log_level));
         app::run(config, listeners, shutdown_signal()).await
     })
+}
+
+/// On SIGHUP, reads the configuration again and applies its `log.level` (the app reloads the
+/// templates on the same signal). `RUST_LOG`, when set, keeps precedence.
+async fn reload_log_level_on_hangup(config_path: Option<PathBuf>, log_level: LogLevel) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        if std::env::var_os("RUST_LOG").is_some() {
+            continue;
+        }
+        match Config::load_file(config_path.as_deref()) {
+            Ok(config) => {
+                let reloaded = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+                    .ok()
+                    .is_some_and(|filter| log_level.reload(filter).is_ok());
+                if reloaded {
+                    tracing::info!(level = %config.log.level, "log level reloaded");
+                } else {
+                    tracing::error!(level = %config.log.level, "log level not reloaded");
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "configuration not reloaded"),
+        }
+    }
 }
 
 /// Asks the local server for `/healthz` over plain HTTP/1.1, with a short timeout.
@@ -279,15 +307,24 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logging(config: &Config) {
+/// The handle that swaps the log filter at run time.
+type LogLevel =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+fn init_logging(config: &Config) -> LogLevel {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
+        LogFormat::Text => registry
+            .with(layer.with_ansi(std::io::stderr().is_terminal()))
+            .init(),
     }
+    handle
 }

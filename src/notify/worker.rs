@@ -25,10 +25,30 @@ const MAX_IDLE: Duration = Duration::from_secs(15);
 /// Retries never wait longer than this.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
+/// Swaps in freshly loaded templates (SIGHUP); a template folder that does not load leaves
+/// the current set in place.
+#[derive(Clone)]
+pub struct TemplateReloader {
+    current: Arc<std::sync::RwLock<Arc<Templates>>>,
+}
+
+impl TemplateReloader {
+    /// Loads `dir` again and, if it loads, makes it the current set.
+    pub fn reload(&self, dir: &Path) -> anyhow::Result<()> {
+        let fresh = Templates::load(dir)?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(fresh);
+        Ok(())
+    }
+}
+
 /// What every worker shares.
 pub struct Workers {
     store: Store,
-    templates: Templates,
+    /// Replaced whole on SIGHUP; a send keeps the set it started with.
+    templates: Arc<std::sync::RwLock<Arc<Templates>>>,
     mail: MailTransport,
     sms: SmsTransport,
     from: String,
@@ -70,7 +90,7 @@ impl Workers {
             .to_owned();
         Ok(Workers {
             store,
-            templates,
+            templates: Arc::new(std::sync::RwLock::new(Arc::new(templates))),
             mail,
             sms,
             from: config.from.clone(),
@@ -81,6 +101,13 @@ impl Workers {
             metrics,
             wake,
         })
+    }
+
+    /// The handle SIGHUP reloads the templates through.
+    pub fn templates(&self) -> TemplateReloader {
+        TemplateReloader {
+            current: self.templates.clone(),
+        }
     }
 
     /// Starts `count` workers.
@@ -182,7 +209,15 @@ impl Workers {
         }
     }
 
+    fn current_templates(&self) -> Arc<Templates> {
+        self.templates
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     async fn send(&self, job: &Job) -> Result<(), SendError> {
+        let templates = self.current_templates();
         let payload: Payload = serde_json::from_str(&job.payload)
             .map_err(|err| SendError::Permanent(format!("unreadable payload: {err}")))?;
         let envelope = Envelope {
@@ -196,13 +231,8 @@ impl Workers {
                     .user(&job.user_id)
                     .await
                     .map_err(|err| SendError::Retry(format!("users: {err}")))?;
-                let message = alarm_email(
-                    &envelope,
-                    &recipient,
-                    &user.language,
-                    &alarm,
-                    &self.templates,
-                )?;
+                let message =
+                    alarm_email(&envelope, &recipient, &user.language, &alarm, &templates)?;
                 self.mail.send(message).await
             }
             Payload::SieveEmail {
@@ -229,9 +259,7 @@ impl Workers {
                             )
                         })?,
                 };
-                self.sms
-                    .send(&self.templates, &number, &squeeze(&text))
-                    .await
+                self.sms.send(&templates, &number, &squeeze(&text)).await
             }
         }
     }

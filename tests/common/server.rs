@@ -43,11 +43,16 @@ pub fn run_command(dir: &Path, env: &[(&str, String)], args: &[&str]) -> (i32, S
 impl Server {
     /// Starts `mailpush ARGS` in `dir` and waits until it logs its listening addresses.
     pub fn start(dir: &Path, env: &[(&str, String)], args: &[&str]) -> Server {
-        let mut child = Command::new(binary())
-            .args(args)
-            .current_dir(dir)
-            .env_clear()
-            .env("RUST_LOG", "info")
+        // A test that sets its own logging (RUST_LOG, or a configuration file) keeps it.
+        let own_logging = env
+            .iter()
+            .any(|(k, _)| *k == "RUST_LOG" || *k == "MAILPUSH_CONFIG");
+        let mut command = Command::new(binary());
+        command.args(args).current_dir(dir).env_clear();
+        if !own_logging {
+            command.env("RUST_LOG", "info");
+        }
+        let mut child = command
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -92,6 +97,13 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
+    }
+
+    /// Sends SIGHUP: reload templates and log level.
+    pub fn hangup(&self) {
+        let _ = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status();
     }
 
     /// Kills the process at once (SIGKILL), as a crash or the OOM killer would.
