@@ -64,6 +64,7 @@ pub fn feed(
         shutdown,
         started: false,
         finished: false,
+        reminders_closed: false,
     };
     futures_util::stream::unfold(feed, |mut feed| async move {
         let frame = feed.next_frame().await?;
@@ -80,6 +81,8 @@ struct Feed {
     next_beat: Instant,
     started: bool,
     finished: bool,
+    /// Set once the reminder channel is gone, so the loop stops polling it.
+    reminders_closed: bool,
 }
 
 impl FeedOptions {
@@ -119,14 +122,12 @@ impl Feed {
                     // The hub never drops a cell while it runs; if it does, the stream ends.
                     changed.ok()?;
                 }
-                reminder = self.subscription.reminders.recv() => match reminder {
+                reminder = self.subscription.reminders.recv(), if !self.reminders_closed => match reminder {
                     Ok(frame) => return Some(Bytes::from(frame.to_string())),
                     // Too slow for the backlog: the oldest reminders are skipped.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     // The hub dropped the channel: reminders are over, state goes on.
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        self.subscription.reminders = tokio::sync::broadcast::Sender::new(1).subscribe();
-                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => self.reminders_closed = true,
                 },
                 () = tokio::time::sleep_until(self.next_beat) => {
                     self.write_beat(&mut out);
