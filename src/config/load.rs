@@ -246,12 +246,12 @@ fn overlay_env(
         let Some(path) = name.strip_prefix("MAILPUSH_") else {
             continue;
         };
-        // MAILPUSH_CONFIG names the file and is not a key.
-        if path == "CONFIG" {
+        // Variables without a section (MAILPUSH_BIN, MAILPUSH_ARGS in scripts) are not keys.
+        if !path.contains("__") {
             continue;
         }
         let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
-        if keys.len() < 2 || keys.iter().any(String::is_empty) {
+        if keys.iter().any(String::is_empty) {
             return Err(ConfigError {
                 key: name.clone(),
                 reason: "environment keys look like MAILPUSH_<SECTION>__<KEY>".into(),
@@ -407,7 +407,20 @@ mod tests {
         );
         check_err(None, &[("MAILPUSH_LOG__FORMAT", "xml")], "log.format");
         check_err(None, &[("MAILPUSH_LOG__LEVEL", "[[[")], "log.level");
-        check_err(None, &[("MAILPUSH_HTTP", "x")], "MAILPUSH_HTTP");
+        check_err(
+            None,
+            &[("MAILPUSH_HTTP____LISTEN", "x")],
+            "MAILPUSH_HTTP____LISTEN",
+        );
+        check_err(None, &[("MAILPUSH_HTTPX__LISTEN", "x")], "httpx");
+        // Variables that name no section belong to scripts around mailpush.
+        assert!(
+            Config::load(
+                None,
+                env(&[("MAILPUSH_BIN", "/usr/bin/mailpush"), ("MAILPUSH_ARGS", "")])
+            )
+            .is_ok()
+        );
         check_err(
             None,
             &[("MAILPUSH_PUSH__MAX_ATTEMPTS", "0")],
