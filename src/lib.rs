@@ -17,10 +17,11 @@
 //! - [`push`]: device pushes to APNs and FCM, on a bounded queue; the in-memory device cache.
 //! - [`notify`]: the blocking path: durable jobs, workers, email (lettre) and SMS.
 //! - [`auth`]: client tokens; the only module that sees the token secret.
-//! - [`config`], [`metrics`], [`app`] (start-up and shutdown).
+//! - [`config`], [`metrics`], [`backoff`] (retry timing), [`app`] (start-up and shutdown).
 
 pub mod app;
 pub mod auth;
+pub mod backoff;
 pub mod config;
 pub mod event;
 pub mod http;

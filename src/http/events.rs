@@ -135,11 +135,7 @@ fn open_stream(
 /// Adds up to 20 % to the reconnection delay, so that clients dropped together (a restart, a
 /// proxy reload) do not all come back in the same millisecond.
 fn retry_with_jitter(retry_ms: u64) -> u64 {
-    use std::hash::BuildHasher;
-    let spread = retry_ms / 5;
-    // Each RandomState has fresh keys, which is randomness enough for spreading reconnects.
-    let random = std::collections::hash_map::RandomState::new().hash_one(retry_ms);
-    retry_ms + random % (spread + 1)
+    retry_ms + crate::backoff::random_u64() % (retry_ms / 5 + 1)
 }
 
 fn bad_query(rejection: QueryRejection) -> ApiError {

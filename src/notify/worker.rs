@@ -15,6 +15,7 @@ use super::email::{Envelope, MailTransport, alarm_email, sieve_email};
 use super::render::Templates;
 use super::sms::{SmsTransport, squeeze};
 use super::{Payload, SendError, now_ms};
+use crate::backoff::{RetryPolicy, random_fraction};
 use crate::config::NotifyConfig;
 use crate::metrics::Metrics;
 use crate::store::{Claim, Job, Store};
@@ -266,17 +267,11 @@ impl Workers {
 
     /// `base·2^(attempts-1)` with its upper half random, capped at an hour.
     fn backoff(&self, attempts: i64) -> Duration {
-        let exponent = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
-        let full = self
-            .retry_base
-            .saturating_mul(2u32.pow(exponent))
-            .min(MAX_BACKOFF);
-        full / 2 + full.mul_f64(random_fraction() / 2.0)
+        let policy = RetryPolicy {
+            max_attempts: u32::MAX,
+            base: self.retry_base,
+            cap: MAX_BACKOFF,
+        };
+        policy.delay(u32::try_from(attempts).unwrap_or(1), random_fraction())
     }
-}
-
-fn random_fraction() -> f64 {
-    use std::hash::BuildHasher;
-    let random = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
-    (random >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -25,8 +25,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use crate::backoff::RetryPolicy;
 pub use devices::DeviceCache;
 
+use crate::backoff::random_u64;
 use crate::config::PushConfig;
 use crate::metrics::Metrics;
 use crate::route::{PushKind, PushRequest};
@@ -117,14 +119,6 @@ enum Client {
     /// Answers from a script and records when it was called: the retry loop under paused time.
     #[cfg(test)]
     Scripted(tests::Scripted),
-}
-
-/// Retry policy for one delivery.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub base: Duration,
-    pub cap: Duration,
 }
 
 impl Providers {
@@ -279,18 +273,6 @@ pub fn spawn(
     handle
 }
 
-impl RetryPolicy {
-    /// The wait before attempt `attempt + 1`: `base·2^(attempt-1)`, of which the upper half is
-    /// random ("equal jitter"), then capped; so waits never shrink from one attempt to the next.
-    pub fn delay(&self, attempt: u32, random: f64) -> Duration {
-        let exponential = self
-            .base
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
-        let jittered = exponential / 2 + exponential.mul_f64(random.clamp(0.0, 1.0) / 2.0);
-        jittered.min(self.cap)
-    }
-}
-
 /// An HTTP/2 client for a provider; `ca_file` adds a trusted CA to the platform's.
 fn http_client(ca_file: Option<&Path>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
@@ -317,16 +299,6 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .parse()
         .ok()?;
     Some(Duration::from_secs(seconds.min(3600)))
-}
-
-fn random_u64() -> u64 {
-    use std::hash::BuildHasher;
-    // Each RandomState has fresh keys: enough randomness for ids and jitter.
-    std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now().elapsed())
-}
-
-fn random_fraction() -> f64 {
-    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// A random (version 4) UUID in its canonical lowercase form, as `apns-id` wants.
@@ -452,26 +424,6 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_and_is_capped() {
-        let policy = RetryPolicy {
-            max_attempts: 8,
-            base: Duration::from_secs(1),
-            cap: Duration::from_secs(10),
-        };
-        assert_eq!(policy.delay(1, 0.0), Duration::from_millis(500));
-        assert_eq!(policy.delay(1, 1.0), Duration::from_secs(1));
-        assert_eq!(policy.delay(2, 0.0), Duration::from_secs(1));
-        assert_eq!(policy.delay(3, 0.5), Duration::from_secs(3));
-        assert_eq!(policy.delay(10, 1.0), Duration::from_secs(10));
-        for attempt in 1..40 {
-            assert!(
-                policy.delay(attempt + 1, 0.0) >= policy.delay(attempt, 1.0),
-                "waits never shrink"
-            );
-        }
-    }
-
-    #[test]
     fn uuids_are_canonical_v4() {
         let id = uuid_v4();
         assert_eq!(id.len(), 36);
@@ -482,7 +434,7 @@ mod tests {
             "{id}"
         );
         assert_ne!(uuid_v4(), id);
-        let fraction = random_fraction();
+        let fraction = crate::backoff::random_fraction();
         assert!((0.0..1.0).contains(&fraction));
     }
 }

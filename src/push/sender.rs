@@ -8,8 +8,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{DeviceCache, Provider, PushHandle, PushJob, RetryPolicy, SendError, random_fraction};
+use super::{DeviceCache, Provider, PushHandle, PushJob, RetryPolicy, SendError};
 use crate::auth::unix_now;
+use crate::backoff::random_fraction;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
