@@ -223,7 +223,7 @@ pub async fn run(
         max_devices_per_user: config.push.max_devices_per_user,
         push,
     });
-    let router = http::router(state, config.http.max_body_bytes);
+    let router = http::router(state, config.http.max_body_bytes, &config.http.cors_origins);
     let server_cancel = cancel.clone();
     tracker.spawn(async move {
         let served = axum::serve(listeners.http, router)

@@ -52,6 +52,9 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        /// Add the admin claim, which opens the status page (GET /status).
+        #[arg(long)]
+        admin: bool,
     },
     /// Exit 0 if the server on http.listen answers GET /healthz, else 1 (for HEALTHCHECK).
     Health,
@@ -119,9 +122,9 @@ fn main() -> ExitCode {
             print!("{}", config.to_redacted_toml());
             Ok(())
         }
-        Command::Token { user, ttl } => {
+        Command::Token { user, ttl, admin } => {
             init_logging(&config);
-            print_token(&config, &user, ttl)
+            print_token(&config, &user, ttl, admin)
         }
         Command::Serve => {
             let log_level = init_logging(&config);
@@ -144,10 +147,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_token(config: &Config, user: &str, ttl: u64) -> anyhow::Result<()> {
+fn print_token(config: &Config, user: &str, ttl: u64, admin: bool) -> anyhow::Result<()> {
     anyhow::ensure!(!user.is_empty(), "--user must not be empty");
     let keys = TokenKeys::load(&config.auth, &config.storage.data_dir)?;
-    println!("{}", keys.mint(user, ttl, false)?);
+    println!("{}", keys.mint(user, ttl, admin)?);
     Ok(())
 }
 

@@ -69,8 +69,9 @@ impl Pipeline {
         }
     }
 
-    /// Counts a packet that could not be read; the caller logs it (rate-limited).
-    pub fn reject(&self, source: Source, error: &ParseError) {
-        self.metrics.packet_rejected(source, error.reason());
+    /// Counts a packet that could not be read and keeps its first bytes for the status page;
+    /// the caller logs it (rate-limited). `size` is the whole packet's, `packet` what is at hand.
+    pub fn reject(&self, source: Source, error: &ParseError, size: usize, packet: &[u8]) {
+        self.metrics.packet_rejected(source, error, size, packet);
     }
 }

@@ -81,6 +81,14 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             return fail("http.max_body_bytes", "must be at least 1024");
         }
+        if let Some(origin) = self.http.cors_origins.iter().find(|o| !valid_origin(o)) {
+            return fail(
+                "http.cors_origins",
+                &format!(
+                    "{origin:?} is not \"*\" or an origin such as \"https://app.example.com\""
+                ),
+            );
+        }
         match u32::from_str_radix(&self.ingest.cyrus_socket_mode, 8) {
             Ok(mode) if mode <= 0o777 => {}
             _ => {
@@ -236,6 +244,23 @@ impl Config {
     }
 }
 
+/// `*`, or `http(s)://host[:port]` as a browser sends it in `Origin` (no path, no slash).
+fn valid_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some(host) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+}
+
 /// Applies `MAILPUSH_SECTION__KEY=value` pairs. A value that reads as a TOML number, boolean or
 /// array takes that type; anything else is a string, so paths and addresses need no quotes.
 fn overlay_env(
@@ -376,6 +401,11 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         check_err(Some("[http]\nlisten = \"nowhere\""), &[], "http.listen");
+        check_err(
+            Some("[http]\ncors_origins = [\"https://app.example.com/\"]"),
+            &[],
+            "http.cors_origins",
+        );
         check_err(Some("[http]\nlisen = \"127.0.0.1:1\""), &[], "http.lisen");
         check_err(Some("[nope]\nx = 1"), &[], "nope");
         check_err(Some("[http"), &[], "(file)");

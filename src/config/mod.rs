@@ -62,6 +62,9 @@ pub struct HttpConfig {
     pub retry_ms: u64,
     /// Largest request body accepted, for `POST /ingest`.
     pub max_body_bytes: usize,
+    /// Origins of web apps served elsewhere that may open streams and register devices
+    /// (`https://app.example.com`), or `"*"` for any; none by default.
+    pub cors_origins: Vec<String>,
 }
 
 /// Where events come from.
@@ -280,6 +283,7 @@ impl Default for HttpConfig {
             keepalive_secs: 25,
             retry_ms: 5_000,
             max_body_bytes: 1 << 20,
+            cors_origins: Vec::new(),
         }
     }
 }

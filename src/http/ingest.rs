@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 
 use super::{ApiError, HttpState, bearer};
 use crate::event::{self, ParseError};
-use crate::metrics::Source;
+use crate::metrics::{PacketHead, Source};
 
 #[derive(Serialize)]
 struct Accepted {
@@ -54,7 +54,7 @@ pub async fn post(
         },
     })?;
     let events = split_body(&body).map_err(|err| {
-        state.pipeline.reject(Source::Http, &err);
+        state.pipeline.reject(Source::Http, &err, body.len(), &body);
         ApiError::BadRequest {
             code: err.reason(),
             message: err.to_string(),
@@ -63,10 +63,14 @@ pub async fn post(
     let total = events.len();
     let mut errors = Vec::new();
     for (index, raw) in events.into_iter().enumerate() {
-        match event::from_json(String::from(Box::<str>::from(raw))) {
+        let text = String::from(Box::<str>::from(raw));
+        let (size, head) = (text.len(), PacketHead::new(text.as_bytes()));
+        match event::from_json(text) {
             Ok(event) => state.pipeline.dispatch(Source::Http, event),
             Err(err) => {
-                state.pipeline.reject(Source::Http, &err);
+                state
+                    .pipeline
+                    .reject(Source::Http, &err, size, head.as_slice());
                 errors.push(Rejected {
                     index,
                     reason: err.reason(),

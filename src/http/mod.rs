@@ -1,12 +1,15 @@
 //! The HTTP API: the router, its shared state, and the one error type every handler returns.
 //!
-//! Handlers live in [`events`] (EventSource streams) and [`ingest`] (`POST /ingest`). Every
+//! Handlers live in [`events`] (EventSource streams), [`ingest`] (`POST /ingest`), [`devices`]
+//! and [`status`] (the operators' live page); [`cors`] lets web apps on other origins in. Every
 //! error reaches the client as JSON with a stable `code`; client errors are logged at debug at
 //! most, so a misbehaving client cannot fill the log.
 
+pub mod cors;
 pub mod devices;
 pub mod events;
 pub mod ingest;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +22,7 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthError, TokenKeys};
+use crate::auth::{AuthError, Claims, TokenKeys};
 use crate::config::Secret;
 use crate::metrics::{Levels, Metrics};
 use crate::pipeline::Pipeline;
@@ -57,7 +60,8 @@ pub struct HttpState {
 }
 
 /// Builds the router with every endpoint.
-pub fn router(state: Arc<HttpState>, max_body_bytes: usize) -> Router {
+pub fn router(state: Arc<HttpState>, max_body_bytes: usize, cors_origins: &[String]) -> Router {
+    let cors = Arc::new(cors::AllowedOrigins::new(cors_origins));
     Router::new()
         .route("/events", get(events::legacy))
         .route("/jmap/eventsource", get(events::jmap))
@@ -67,7 +71,10 @@ pub fn router(state: Arc<HttpState>, max_body_bytes: usize) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/status", get(status::page))
+        .route("/status/events", get(status::events))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(cors, cors::layer))
         .with_state(state)
 }
 
@@ -197,16 +204,38 @@ pub fn authenticate(
     headers: &HeaderMap,
     query_token: Option<&str>,
 ) -> Result<String, ApiError> {
-    let verified = request_token(headers, &state.cookie_name, query_token)
-        .ok_or(AuthError::Missing)
-        .and_then(|token| state.keys.verify(token));
-    match verified {
-        Ok(claims) => Ok(claims.sub),
-        Err(err) => {
-            state.metrics.request_refused(err.code());
-            Err(err.into())
-        }
+    verify(state, headers, query_token).map(|claims| claims.sub)
+}
+
+/// The operator a request speaks for: a verified token with the admin claim.
+pub fn authenticate_admin(
+    state: &HttpState,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<String, ApiError> {
+    let claims = verify(state, headers, query_token)?;
+    if !claims.admin {
+        state.metrics.request_refused("not_admin");
+        return Err(ApiError::Forbidden {
+            code: "not_admin",
+            message: "this needs a token with the admin claim (mailpush token --admin)".into(),
+        });
     }
+    Ok(claims.sub)
+}
+
+fn verify(
+    state: &HttpState,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Claims, ApiError> {
+    request_token(headers, &state.cookie_name, query_token)
+        .ok_or(AuthError::Missing)
+        .and_then(|token| state.keys.verify(token))
+        .map_err(|err| {
+            state.metrics.request_refused(err.code());
+            err.into()
+        })
 }
 
 /// The token of a request: `Authorization: Bearer`, then the cookie, then `?access_token=`.

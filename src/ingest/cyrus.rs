@@ -55,12 +55,13 @@ pub async fn run(
             }
         };
         if size > limit {
-            reject_log.reject(&pipeline, &ParseError::TooLarge { size, limit }, size);
+            let err = ParseError::TooLarge { size, limit };
+            reject_log.reject(&pipeline, &err, size, &buffer);
             continue;
         }
         match event::packet::from_datagram(&buffer[..size]).and_then(event::from_notification) {
             Ok(event) => pipeline.dispatch(Source::Cyrus, event),
-            Err(err) => reject_log.reject(&pipeline, &err, size),
+            Err(err) => reject_log.reject(&pipeline, &err, size, &buffer[..size]),
         }
     }
 }

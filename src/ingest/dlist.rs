@@ -84,22 +84,22 @@ async fn serve(
     loop {
         match parse_record(&buffer, max_bytes) {
             Ok((notification, used)) => {
-                buffer.drain(..used);
                 match event::from_notification(notification) {
                     Ok(event) => pipeline.dispatch(Source::Dlist, event),
                     Err(err) => {
-                        reject_log.reject(pipeline, &err, used);
+                        reject_log.reject(pipeline, &err, used, &buffer[..used]);
                         let _ = stream.write_all(&no_reply(&err)).await;
                         return;
                     }
                 }
+                buffer.drain(..used);
                 if stream.write_all(REPLY_OK).await.is_err() {
                     return;
                 }
                 continue;
             }
             Err(DlistError::Invalid(err)) => {
-                reject_log.reject(pipeline, &err, buffer.len());
+                reject_log.reject(pipeline, &err, buffer.len(), &buffer);
                 let _ = stream.write_all(&no_reply(&err)).await;
                 return;
             }
@@ -108,7 +108,7 @@ async fn serve(
                     size: buffer.len(),
                     limit: max_bytes,
                 };
-                reject_log.reject(pipeline, &err, buffer.len());
+                reject_log.reject(pipeline, &err, buffer.len(), &buffer);
                 let _ = stream.write_all(&no_reply(&err)).await;
                 return;
             }
@@ -128,7 +128,7 @@ async fn serve(
             Ok(Ok(_)) | Err(_) => {
                 if !buffer.is_empty() {
                     let err = ParseError::Truncated("dlist record");
-                    reject_log.reject(pipeline, &err, buffer.len());
+                    reject_log.reject(pipeline, &err, buffer.len(), &buffer);
                 }
                 return;
             }

@@ -39,8 +39,9 @@ impl RejectLog {
     }
 
     /// Counts the rejection and logs it unless a line went out less than a second ago.
-    pub fn reject(&mut self, pipeline: &Pipeline, error: &ParseError, size: usize) {
-        pipeline.reject(self.source, error);
+    /// `packet` is as much of it as the listener still holds (it may be empty).
+    pub fn reject(&mut self, pipeline: &Pipeline, error: &ParseError, size: usize, packet: &[u8]) {
+        pipeline.reject(self.source, error, size, packet);
         let now = Instant::now();
         if self
             .last

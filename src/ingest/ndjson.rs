@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use super::RejectLog;
 use crate::event::{self, ParseError};
-use crate::metrics::Source;
+use crate::metrics::{PacketHead, Source};
 use crate::pipeline::Pipeline;
 
 /// Accepts connections until shutdown; each is served by its own task.
@@ -114,7 +114,7 @@ fn handle_line(
             size,
             limit: max_bytes,
         };
-        reject_log.reject(pipeline, &err, size);
+        reject_log.reject(pipeline, &err, size, &line);
         return;
     }
     if line.last() == Some(&b'\r') {
@@ -123,11 +123,12 @@ fn handle_line(
     if line.iter().all(u8::is_ascii_whitespace) {
         return;
     }
+    let head = PacketHead::new(&line);
     let parsed = String::from_utf8(line)
         .map_err(|_| ParseError::NotUtf8("line"))
         .and_then(event::from_json);
     match parsed {
         Ok(event) => pipeline.dispatch(Source::Ndjson, event),
-        Err(err) => reject_log.reject(pipeline, &err, size),
+        Err(err) => reject_log.reject(pipeline, &err, size, head.as_slice()),
     }
 }

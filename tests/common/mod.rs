@@ -86,6 +86,11 @@ impl TestApp {
         self.keys.mint(user, 600, false).expect("mint token")
     }
 
+    /// A valid token with the admin claim (the status page).
+    pub fn admin_token(&self, user: &str) -> String {
+        self.keys.mint(user, 600, true).expect("mint admin token")
+    }
+
     /// Opens the legacy EventSource stream for `user`.
     pub async fn sse(&self, user: &str) -> Sse {
         Sse::connect(&self.url("/events"), &self.token(user), None).await

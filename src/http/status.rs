@@ -1,0 +1,104 @@
+//! `GET /status`, the operators' live page, and `GET /status/events`, the EventSource that
+//! feeds it: once a second, the totals, gauges and latest rejected packets of
+//! [`crate::metrics::StatusSnapshot`]. The page derives rates itself, so a missed frame or a
+//! reconnect costs a point on a chart, not a wrong figure.
+//!
+//! Both need a token with the admin claim. The page is one HTML file compiled into the binary:
+//! no build step, no assets, nothing to install next to it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::stream;
+use serde::Deserialize;
+
+use super::{ApiError, HttpState, authenticate_admin};
+use crate::metrics::Levels;
+
+/// The page, with its script and styles inline.
+const PAGE: &str = include_str!("status.html");
+
+/// How often the stream sends figures.
+const INTERVAL: Duration = Duration::from_secs(1);
+
+/// The page's only script and style are inline; it talks to its own origin only.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'";
+
+/// Query parameters of both endpoints.
+#[derive(Debug, Deserialize)]
+pub struct StatusQuery {
+    access_token: Option<String>,
+}
+
+/// Serves the page to operators.
+pub async fn page(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    query: Result<Query<StatusQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let token = query.ok().and_then(|Query(query)| query.access_token);
+    let operator = authenticate_admin(&state, &headers, token.as_deref())?;
+    tracing::debug!(operator, "status page opened");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        PAGE,
+    )
+        .into_response())
+}
+
+/// Streams `event: stats` frames until the client leaves or the server drains.
+pub async fn events(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    query: Result<Query<StatusQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let token = query.ok().and_then(|Query(query)| query.access_token);
+    authenticate_admin(&state, &headers, token.as_deref())?;
+    let mut ticker = tokio::time::interval(INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let retry = Bytes::from(format!("retry: {}\n\n", state.retry_ms));
+    let frames = stream::unfold(
+        (state, ticker, Some(retry)),
+        |(state, mut ticker, first)| async move {
+            if let Some(retry) = first {
+                return Some((Ok(retry), (state, ticker, None)));
+            }
+            tokio::select! {
+                () = state.shutdown.cancelled() => None,
+                _ = ticker.tick() => {
+                    let frame = stats_frame(&state);
+                    Some((Ok::<_, std::convert::Infallible>(frame), (state, ticker, None)))
+                }
+            }
+        },
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(Body::from_stream(frames))
+        .map_err(|err| ApiError::Internal(format!("cannot build the stream response: {err}")))
+}
+
+fn stats_frame(state: &HttpState) -> Bytes {
+    let snapshot = state.metrics.snapshot(Levels {
+        connections: state.hub.connections(),
+        push_queue: state.push.queue_len(),
+    });
+    // Serializing plain maps, numbers and strings cannot fail; JSON has no raw newlines.
+    let json = serde_json::to_string(&snapshot).unwrap_or_else(|_| "{}".into());
+    Bytes::from(format!("event: stats\ndata: {json}\n\n"))
+}
