@@ -165,6 +165,7 @@ pub async fn run(
         config.notify.templates_dir.clone(),
         cancel.clone(),
     ));
+    workers.recover().await?;
     workers.spawn(config.notify.workers, &tracker, cancel.clone());
     let pipeline = Arc::new(Pipeline::new(
         hub.clone(),

@@ -1,35 +1,44 @@
 //! Notification emails: calendar alarms (rendered in the recipient's language) and Sieve
-//! `mailto` notifications (RFC 5436), and the transports that send them (SMTP through a pooled
-//! lettre transport, or `.eml` files in the outbox folder when no relay is configured).
+//! `mailto` notifications (RFC 5436), and the transports that send them (an SMTP relay through
+//! [`super::smtp`], or `.eml` files in the outbox folder when no relay is configured).
 
 use std::error::Error as StdError;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use lettre::message::header::{Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
 use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 
 use super::SendError;
 use super::render::{Templates, ical_when};
+use super::smtp::SmtpRelay;
 
 /// Where emails go.
 pub enum MailTransport {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp(Box<SmtpRelay>),
     Outbox(AsyncFileTransport<Tokio1Executor>),
 }
 
+/// How long connecting to the relay (TCP, TLS, greeting, AUTH) may take.
+const SMTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl MailTransport {
-    /// The relay of `notify.smtp.url`, or `.eml` files in `outbox`.
-    pub fn new(smtp_url: Option<&str>, outbox: &Path) -> anyhow::Result<MailTransport> {
+    /// The relay of `notify.smtp.url`, keeping up to `workers` connections open, or `.eml`
+    /// files in `outbox`.
+    pub fn new(
+        smtp_url: Option<&str>,
+        outbox: &Path,
+        workers: usize,
+    ) -> anyhow::Result<MailTransport> {
         match smtp_url {
             Some(url) => {
-                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                    .context("notify.smtp.url is not an SMTP URL")?
-                    .build();
-                Ok(MailTransport::Smtp(transport))
+                let relay = SmtpRelay::new(url, workers, SMTP_CONNECT_TIMEOUT)
+                    .context("notify.smtp.url is not an SMTP URL")?;
+                Ok(MailTransport::Smtp(Box::new(relay)))
             }
             None => {
                 std::fs::create_dir_all(outbox)
@@ -39,17 +48,24 @@ impl MailTransport {
         }
     }
 
-    /// Sends one message. SMTP permanent (5xx) replies are permanent; the rest is retried.
-    pub async fn send(&self, message: Message) -> Result<(), SendError> {
+    /// Whether a send hands the message to a relay, whose acceptance the delivery journal
+    /// must record.
+    pub fn is_relay(&self) -> bool {
+        matches!(self, MailTransport::Smtp(_))
+    }
+
+    /// Sends one message; `before_commit` runs right before the relay can take it for good.
+    /// SMTP permanent (5xx) replies are permanent; the rest is retried.
+    pub async fn send(
+        &self,
+        message: Message,
+        before_commit: impl FnOnce(),
+    ) -> Result<(), SendError> {
         match self {
-            MailTransport::Smtp(transport) => {
-                transport.send(message).await.map(drop).map_err(|err| {
-                    if err.is_permanent() {
-                        SendError::Permanent(format!("SMTP: {err}"))
-                    } else {
-                        SendError::Retry(format!("SMTP: {err}"))
-                    }
-                })
+            MailTransport::Smtp(relay) => {
+                relay
+                    .send(message.envelope(), &message.formatted(), before_commit)
+                    .await
             }
             MailTransport::Outbox(transport) => transport
                 .send(message)

@@ -4,13 +4,17 @@
 //! `route` says what to send; [`JobHandle::enqueue`] hands it to a batching writer
 //! ([`enqueue`]) without waiting, so ingestion never waits on the database. Workers
 //! ([`worker`]) claim due jobs, look up the recipient, render ([`render`]) and send by email
-//! ([`email`]) or SMS ([`sms`]), then mark the job done, retry it later, or bury it as dead.
+//! ([`email`] over [`smtp`]) or SMS ([`sms`]), then mark the job done, retry it later, or bury
+//! it as dead. The [`journal`] keeps a crash between the relay's acceptance and the job's
+//! completion from sending an email twice.
 //! Only this module writes jobs, and only its workers send email or SMS.
 
 pub mod email;
 pub mod enqueue;
+pub mod journal;
 pub mod render;
 pub mod sms;
+pub mod smtp;
 pub mod worker;
 
 use std::time::Duration;

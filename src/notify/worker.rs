@@ -2,7 +2,7 @@
 //! retried later with backoff, or dead with its last error). Workers wake when the writer has
 //! inserted jobs or when the next job falls due, never on a fixed poll.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::email::{Envelope, MailTransport, alarm_email, sieve_email};
+use super::journal::DeliveryJournal;
 use super::render::Templates;
 use super::sms::{SmsTransport, squeeze};
 use super::{Payload, SendError, now_ms};
@@ -23,6 +24,8 @@ use crate::store::{Claim, Job, Store};
 /// How long a worker sleeps at most before looking again: the safety net for jobs changed by
 /// another process (`mailpush jobs retry`, another node) that no wake-up announces.
 const MAX_IDLE: Duration = Duration::from_secs(15);
+/// The delivery journal's file in the data dir.
+const JOURNAL_FILE: &str = "delivery.journal";
 /// Retries never wait longer than this.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -51,6 +54,9 @@ pub struct Workers {
     /// Replaced whole on SIGHUP; a send keeps the set it started with.
     templates: Arc<std::sync::RwLock<Arc<Templates>>>,
     mail: MailTransport,
+    /// Where a send records that its final `.` goes out (SMTP relays only).
+    journal: Option<DeliveryJournal>,
+    journal_path: PathBuf,
     sms: SmsTransport,
     from: String,
     /// The domain of generated Message-IDs.
@@ -76,7 +82,19 @@ impl Workers {
         let mail = MailTransport::new(
             config.smtp.url.as_ref().map(|url| url.expose()),
             &data_dir.join("outbox"),
+            config.workers,
         )?;
+        let journal_path = data_dir.join(JOURNAL_FILE);
+        let journal = if mail.is_relay() {
+            Some(DeliveryJournal::open(&journal_path).with_context(|| {
+                format!(
+                    "cannot open the delivery journal {}",
+                    journal_path.display()
+                )
+            })?)
+        } else {
+            None
+        };
         let sms = SmsTransport::from_config(&config.sms, data_dir.join("sms.log"))?;
         if config.smtp.url.is_none() {
             tracing::info!(outbox = %data_dir.join("outbox").display(), "notify.smtp.url is not set: emails go to the outbox folder");
@@ -93,6 +111,8 @@ impl Workers {
             store,
             templates: Arc::new(std::sync::RwLock::new(Arc::new(templates))),
             mail,
+            journal,
+            journal_path,
             sms,
             from: config.from.clone(),
             domain,
@@ -109,6 +129,30 @@ impl Workers {
         TemplateReloader {
             current: self.templates.clone(),
         }
+    }
+
+    /// Marks done the jobs a crash left running after their email reached the relay (see
+    /// [`super::journal`]), then empties the journal. Runs before any worker claims a job.
+    pub async fn recover(&self) -> anyhow::Result<()> {
+        let entries = DeliveryJournal::entries(&self.journal_path)
+            .with_context(|| format!("cannot read {}", self.journal_path.display()))?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let finished = self
+            .store
+            .finish_delivered_jobs(&entries, now_ms())
+            .await
+            .context("cannot apply the delivery journal")?;
+        if finished > 0 {
+            tracing::info!(
+                jobs = finished,
+                "jobs whose email reached the relay before a crash are marked done"
+            );
+        }
+        DeliveryJournal::clear(&self.journal_path)
+            .with_context(|| format!("cannot clear {}", self.journal_path.display()))?;
+        Ok(())
     }
 
     /// Starts `count` workers.
@@ -234,7 +278,7 @@ impl Workers {
                     .map_err(|err| SendError::Retry(format!("users: {err}")))?;
                 let message =
                     alarm_email(&envelope, &recipient, &user.language, &alarm, &templates)?;
-                self.mail.send(message).await
+                self.mail.send(message, || self.journal_delivery(job)).await
             }
             Payload::SieveEmail {
                 uri,
@@ -242,7 +286,7 @@ impl Workers {
                 importance,
             } => {
                 let message = sieve_email(&envelope, &job.user_id, &uri, &message, &importance)?;
-                self.mail.send(message).await
+                self.mail.send(message, || self.journal_delivery(job)).await
             }
             Payload::Sms { number, text } => {
                 let number = match number {
@@ -262,6 +306,12 @@ impl Workers {
                 };
                 self.sms.send(&templates, &number, &squeeze(&text)).await
             }
+        }
+    }
+
+    fn journal_delivery(&self, job: &Job) {
+        if let Some(journal) = &self.journal {
+            journal.record(job.id, job.attempts);
         }
     }
 

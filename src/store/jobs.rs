@@ -74,6 +74,10 @@ struct JobRow {
 const COLUMNS: &str = "id, user_id, kind, payload, state, attempts, run_at, last_error, idempotency_key, \
                        sms_charged, created_at, finished_at";
 
+/// The note on a job finished from the delivery journal at start-up.
+pub const DELIVERED_BEFORE_CRASH: &str =
+    "handed to the relay before a crash; marked done at start-up from the delivery journal";
+
 /// The kind of job that spends SMS credit.
 pub const SMS_KIND: &str = "sms";
 
@@ -214,6 +218,34 @@ impl Store {
         .execute(pool)
         .await
         .map(drop))
+    }
+
+    /// Marks done the jobs of a crashed run whose email reached the relay: each `(id, attempt)`
+    /// only while that attempt is still the running one. Returns how many it finished.
+    pub async fn finish_delivered_jobs(
+        &self,
+        deliveries: &[(i64, i64)],
+        now_ms: i64,
+    ) -> Result<u64, sqlx::Error> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut finished = 0;
+            for (id, attempt) in deliveries {
+                finished += sqlx::query(
+                    "UPDATE jobs SET state = 'done', finished_at = $3, lease_until = NULL, last_error = $4 \
+                     WHERE id = $1 AND attempts = $2 AND state = 'running'",
+                )
+                .bind(id)
+                .bind(attempt)
+                .bind(now_ms)
+                .bind(DELIVERED_BEFORE_CRASH)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
+            tx.commit().await?;
+            Ok(finished)
+        })
     }
 
     /// Puts a failed job back in the queue until `run_at_ms`, keeping its error.

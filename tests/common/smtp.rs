@@ -2,7 +2,7 @@
 //! plain HTTP mock of an SMS provider.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -28,20 +28,54 @@ impl Mail {
     }
 }
 
+/// Where the sink may hold its reply, to stop a client at a chosen point of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    Nothing,
+    /// Before answering DATA with 354: the client has not sent the message.
+    Data,
+    /// After the final `.`, with the message recorded, before answering 250.
+    Commit,
+}
+
+/// The hold and how many connections wait in it.
+#[derive(Default)]
+struct Holds {
+    state: Mutex<(Option<Hold>, usize)>,
+    changed: Condvar,
+}
+
+impl Holds {
+    fn wait_if(&self, stage: Hold) {
+        let mut state = self.state.lock().unwrap();
+        if state.0 != Some(stage) {
+            return;
+        }
+        state.1 += 1;
+        while state.0 == Some(stage) {
+            state = self.changed.wait(state).unwrap();
+        }
+        state.1 -= 1;
+    }
+}
+
 /// An SMTP server on 127.0.0.1 that accepts everything.
 pub struct SmtpSink {
     pub addr: SocketAddr,
     mails: Arc<Mutex<Vec<Mail>>>,
+    holds: Arc<Holds>,
 }
 
 #[derive(Clone)]
 struct Recorder {
     mails: Arc<Mutex<Vec<Mail>>>,
+    holds: Arc<Holds>,
     current: Option<Mail>,
 }
 
 impl Handler for Recorder {
     fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> Response {
+        self.holds.wait_if(Hold::Data);
         self.current = Some(Mail {
             from: from.to_owned(),
             to: to.to_vec(),
@@ -61,6 +95,7 @@ impl Handler for Recorder {
         if let Some(mail) = self.current.take() {
             self.mails.lock().unwrap().push(mail);
         }
+        self.holds.wait_if(Hold::Commit);
         response::OK
     }
 }
@@ -75,8 +110,10 @@ impl SmtpSink {
     pub fn start_on(listener: TcpListener) -> SmtpSink {
         let addr = listener.local_addr().expect("sink addr");
         let mails = Arc::new(Mutex::new(Vec::new()));
+        let holds = Arc::new(Holds::default());
         let mut server = Server::new(Recorder {
             mails: mails.clone(),
+            holds: holds.clone(),
             current: None,
         });
         server
@@ -86,7 +123,19 @@ impl SmtpSink {
         std::thread::spawn(move || {
             let _ = server.serve();
         });
-        SmtpSink { addr, mails }
+        SmtpSink { addr, mails, holds }
+    }
+
+    /// Holds every connection that reaches `stage` until the hold changes.
+    pub fn hold(&self, stage: Hold) {
+        let mut state = self.holds.state.lock().unwrap();
+        state.0 = Some(stage);
+        self.holds.changed.notify_all();
+    }
+
+    /// How many connections wait in the hold now.
+    pub fn held(&self) -> usize {
+        self.holds.state.lock().unwrap().1
     }
 
     pub fn url(&self) -> String {

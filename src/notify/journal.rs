@@ -1,0 +1,157 @@
+//! The delivery journal: what a crash must not make the queue send twice.
+//!
+//! SMTP commits a message when the relay reads the final `.`; the queue commits it when the
+//! job is marked done, a moment later. A process killed in between would leave the job
+//! running, and after its lease another worker would send it again. So right before writing
+//! the `.`, a worker appends `<job id> <attempt>` to this file (one `write`, no fsync: the
+//! page cache outlives the process, and a power cut loses the whole machine's recent state
+//! anyway). At start-up, before any worker claims a job, every job still running in the
+//! attempt the journal names is marked done: its message reached the relay, or at worst the
+//! process died in the microsecond between the journal line and the `.`.
+//!
+//! The journal belongs to one data dir. Another node sharing a PostgreSQL database that takes
+//! over a dead node's job after its lease cannot see that node's journal and sends again:
+//! at-least-once there, as SMTP itself is.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The journal is rotated past this size; the previous file is kept one rotation longer.
+const ROTATE_BYTES: u64 = 1 << 20;
+
+/// An append-only record of messages whose final `.` was about to be written.
+pub struct DeliveryJournal {
+    path: PathBuf,
+    current: Mutex<Current>,
+}
+
+struct Current {
+    file: File,
+    bytes: u64,
+}
+
+impl DeliveryJournal {
+    /// Opens (or creates) the journal at `path`, appending.
+    pub fn open(path: &Path) -> std::io::Result<DeliveryJournal> {
+        let file = append(path)?;
+        let bytes = file.metadata()?.len();
+        Ok(DeliveryJournal {
+            path: path.to_owned(),
+            current: Mutex::new(Current { file, bytes }),
+        })
+    }
+
+    /// Records that the final `.` of `job`'s `attempt` is about to go out. Never fails the
+    /// send: a journal that cannot be written is logged, and a crash at that moment would
+    /// send the message again, as without a journal.
+    pub fn record(&self, job: i64, attempt: i64) {
+        let line = format!("{job} {attempt}\n");
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(err) = current.file.write_all(line.as_bytes()) {
+            tracing::error!(error = %err, path = %self.path.display(), "cannot write the delivery journal");
+            return;
+        }
+        current.bytes += line.len() as u64;
+        if current.bytes > ROTATE_BYTES {
+            // An entry only matters while its job is running: by the next rotation every job
+            // of the previous file has long been marked done or retried.
+            let rotated =
+                std::fs::rename(&self.path, previous(&self.path)).and_then(|()| append(&self.path));
+            match rotated {
+                Ok(file) => *current = Current { file, bytes: 0 },
+                Err(err) => {
+                    tracing::error!(error = %err, path = %self.path.display(), "cannot rotate the delivery journal");
+                }
+            }
+        }
+    }
+
+    /// The `(job, attempt)` pairs in the journal at `path` and its previous file.
+    pub fn entries(path: &Path) -> std::io::Result<Vec<(i64, i64)>> {
+        let mut entries = Vec::new();
+        for file in [previous(path), path.to_owned()] {
+            let reader = match File::open(&file) {
+                Ok(reader) => BufReader::new(reader),
+                Err(err) if err.kind() == ErrorKind::NotFound => continue,
+                Err(err) => return Err(err),
+            };
+            for line in reader.lines() {
+                // A line cut short by the crash itself has no attempt and is skipped.
+                let line = line?;
+                let mut fields = line.split(' ').map(str::parse::<i64>);
+                if let (Some(Ok(job)), Some(Ok(attempt)), None) =
+                    (fields.next(), fields.next(), fields.next())
+                {
+                    entries.push((job, attempt));
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Empties the journal at `path` once its entries have been applied.
+    pub fn clear(path: &Path) -> std::io::Result<()> {
+        match std::fs::remove_file(previous(path)) {
+            Err(err) if err.kind() != ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
+        append(path)?.set_len(0)
+    }
+}
+
+fn append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn previous(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_and_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("delivery.journal");
+        let journal = DeliveryJournal::open(&path).unwrap();
+        journal.record(7, 1);
+        journal.record(9, 3);
+        drop(journal);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"12")
+            .unwrap();
+        assert_eq!(
+            DeliveryJournal::entries(&path).unwrap(),
+            [(7, 1), (9, 3)],
+            "the torn last line is skipped"
+        );
+        DeliveryJournal::clear(&path).unwrap();
+        assert!(DeliveryJournal::entries(&path).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rotation_keeps_the_previous_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("delivery.journal");
+        let journal = DeliveryJournal::open(&path).unwrap();
+        let lines = ROTATE_BYTES / 10 + 10;
+        for job in 0..i64::try_from(lines).unwrap() {
+            journal.record(1_000_000 + job, 1);
+        }
+        assert!(previous(&path).exists());
+        let entries = DeliveryJournal::entries(&path).unwrap();
+        assert_eq!(entries.len() as u64, lines);
+        assert_eq!(entries.last(), Some(&(1_000_000 + lines as i64 - 1, 1)));
+        DeliveryJournal::clear(&path).unwrap();
+        assert!(!previous(&path).exists());
+    }
+}

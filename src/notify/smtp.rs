@@ -1,0 +1,412 @@
+//! SMTP delivery: lettre's protocol client over connections this module opens and pools.
+//!
+//! lettre's pooled transport sends a message as one opaque call, so nothing can run between
+//! the last byte of the message and the `.` that commits it at the relay. That moment is the
+//! one a crash-safe queue needs: [`SmtpRelay::send`] calls `before_commit` right before the
+//! final `.` is written, and the worker records the delivery in its journal there (see
+//! [`super::journal`]). Owning the connections also lets every socket be opened with
+//! `TCP_NODELAY`: the message and the final `.` are two small writes, and with Nagle's
+//! algorithm the second waits for the relay's delayed ACK, 40 ms per email.
+//!
+//! The URL forms are lettre's: `smtp://host:port` (plain), `smtp://host?tls=required` or
+//! `?tls=opportunistic` (STARTTLS), `smtps://host` (implicit TLS, port 465 by default),
+//! `user:password@` for AUTH PLAIN/LOGIN, and a path naming the EHLO host.
+
+use std::borrow::Cow;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use percent_encoding::percent_decode_str;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::SendError;
+
+/// Idle connections older than this are closed rather than reused (relays drop idle clients
+/// after a minute or so).
+const MAX_IDLE_AGE: Duration = Duration::from_secs(50);
+
+/// How a connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Security {
+    Plain,
+    /// STARTTLS; `required` refuses a relay that does not offer it.
+    StartTls {
+        required: bool,
+    },
+    /// TLS from the first byte (`smtps://`).
+    Implicit,
+}
+
+/// The relay of `notify.smtp.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    host: String,
+    port: u16,
+    security: Security,
+    credentials: Option<(String, String)>,
+    hello: Option<String>,
+}
+
+struct Idle {
+    connection: AsyncSmtpConnection,
+    since: Instant,
+}
+
+/// A pool of SMTP connections to one relay.
+pub struct SmtpRelay {
+    target: Target,
+    hello: ClientId,
+    credentials: Option<Credentials>,
+    tls: Option<tokio_rustls::TlsConnector>,
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    timeout: Duration,
+}
+
+impl SmtpRelay {
+    /// Reads `notify.smtp.url`; `max_idle` connections are kept open between sends.
+    pub fn new(url: &str, max_idle: usize, timeout: Duration) -> anyhow::Result<SmtpRelay> {
+        let target = parse_url(url)?;
+        let tls = match target.security {
+            Security::Implicit => Some(tls_connector()?),
+            Security::Plain | Security::StartTls { .. } => None,
+        };
+        Ok(SmtpRelay {
+            hello: target
+                .hello
+                .clone()
+                .map_or_else(ClientId::default, ClientId::Domain),
+            credentials: target
+                .credentials
+                .clone()
+                .map(|(user, password)| Credentials::new(user, password)),
+            target,
+            tls,
+            idle: Mutex::new(Vec::new()),
+            max_idle: max_idle.max(1),
+            timeout,
+        })
+    }
+
+    /// Sends one message. `before_commit` runs once, right before the final `.` is written:
+    /// after it the relay may hold the message even if no reply ever comes back.
+    ///
+    /// A pooled connection the relay has closed meanwhile is replaced once, transparently;
+    /// nothing of the message had been sent on it.
+    pub async fn send(
+        &self,
+        envelope: &Envelope,
+        message: &[u8],
+        before_commit: impl FnOnce(),
+    ) -> Result<(), SendError> {
+        let (mut connection, reused) = match self.checkout() {
+            Some(connection) => (connection, true),
+            None => (self.connect().await?, false),
+        };
+        if let Err(err) = self.start(&mut connection, envelope, message).await {
+            connection.abort().await;
+            if !(reused && is_connection_lost(&err)) {
+                return Err(classify(&err));
+            }
+            tracing::debug!(error = %err, "pooled SMTP connection was closed; reconnecting");
+            connection = self.connect().await?;
+            if let Err(err) = self.start(&mut connection, envelope, message).await {
+                connection.abort().await;
+                return Err(classify(&err));
+            }
+        }
+        let mut before_commit = Some(before_commit);
+        let parts = std::iter::once(message).chain(std::iter::from_fn(|| {
+            // Asked for a part after the last one: lettre writes the final `.` next.
+            if let Some(hook) = before_commit.take() {
+                hook();
+            }
+            None
+        }));
+        match connection.message_iter(parts).await {
+            Ok(_) => {
+                self.checkin(connection);
+                Ok(())
+            }
+            Err(err) => {
+                connection.abort().await;
+                Err(classify(&err))
+            }
+        }
+    }
+
+    /// MAIL FROM, RCPT TO and DATA: everything before the message itself.
+    async fn start(
+        &self,
+        connection: &mut AsyncSmtpConnection,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<(), lettre::transport::smtp::Error> {
+        let info = connection.server_info();
+        let mut parameters = Vec::new();
+        let ascii = |address: &lettre::Address| AsRef::<str>::as_ref(address).is_ascii();
+        let non_ascii_addresses =
+            envelope.from().is_some_and(|a| !ascii(a)) || envelope.to().iter().any(|a| !ascii(a));
+        if non_ascii_addresses && info.supports_feature(Extension::SmtpUtfEight) {
+            parameters.push(MailParameter::SmtpUtfEight);
+        }
+        if !message.is_ascii() && info.supports_feature(Extension::EightBitMime) {
+            parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        connection
+            .command(Mail::new(envelope.from().cloned(), parameters))
+            .await?;
+        for recipient in envelope.to() {
+            connection
+                .command(Rcpt::new(recipient.clone(), Vec::new()))
+                .await?;
+        }
+        connection.command(Data).await?;
+        Ok(())
+    }
+
+    fn checkout(&self) -> Option<AsyncSmtpConnection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(entry) = idle.pop() {
+            if entry.since.elapsed() < MAX_IDLE_AGE && !entry.connection.has_broken() {
+                return Some(entry.connection);
+            }
+            // Too old: dropped without QUIT, which costs the relay nothing it cannot handle.
+        }
+        None
+    }
+
+    fn checkin(&self, connection: AsyncSmtpConnection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                connection,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Opens a connection: TCP with `TCP_NODELAY`, TLS or STARTTLS as configured, EHLO, AUTH.
+    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+        let target = &self.target;
+        let connected = tokio::time::timeout(self.timeout, async {
+            let tcp = TcpStream::connect((target.host.as_str(), target.port))
+                .await
+                .map_err(|err| format!("cannot connect: {err}"))?;
+            tcp.set_nodelay(true)
+                .map_err(|err| format!("TCP_NODELAY: {err}"))?;
+            let mut connection = match &self.tls {
+                Some(tls) => {
+                    let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+                        .map_err(|err| format!("TLS server name: {err}"))?;
+                    let stream = tls
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|err| format!("TLS: {err}"))?;
+                    AsyncSmtpConnection::connect_with_transport(
+                        Box::new(TlsOverTcp(stream)),
+                        &self.hello,
+                    )
+                    .await
+                }
+                None => {
+                    AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello).await
+                }
+            }
+            .map_err(|err| format!("greeting: {err}"))?;
+            if let Security::StartTls { required } = target.security {
+                if connection.can_starttls() {
+                    let parameters = TlsParameters::new(target.host.clone())
+                        .map_err(|err| format!("TLS: {err}"))?;
+                    connection
+                        .starttls(parameters, &self.hello)
+                        .await
+                        .map_err(|err| format!("STARTTLS: {err}"))?;
+                } else if required {
+                    return Err("the relay does not offer STARTTLS".to_owned());
+                }
+            }
+            if let Some(credentials) = &self.credentials {
+                connection
+                    .auth(DEFAULT_MECHANISMS, credentials)
+                    .await
+                    .map_err(|err| format!("AUTH: {err}"))?;
+            }
+            Ok(connection)
+        })
+        .await;
+        match connected {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(reason)) => Err(SendError::Retry(format!(
+                "SMTP {}:{}: {reason}",
+                target.host, target.port
+            ))),
+            Err(_) => Err(SendError::Retry(format!(
+                "SMTP {}:{}: no session within {:?}",
+                target.host, target.port, self.timeout
+            ))),
+        }
+    }
+}
+
+/// An `smtps://` stream in the form lettre's connection takes.
+#[derive(Debug)]
+struct TlsOverTcp(tokio_rustls::client::TlsStream<TcpStream>);
+
+impl AsyncTokioStream for TlsOverTcp {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.get_ref().0.peer_addr()
+    }
+}
+
+impl AsyncRead for TlsOverTcp {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsOverTcp {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Permanent (5xx) replies are permanent; everything else may work later.
+fn classify(err: &lettre::transport::smtp::Error) -> SendError {
+    if err.is_permanent() {
+        SendError::Permanent(format!("SMTP: {err}"))
+    } else {
+        SendError::Retry(format!("SMTP: {err}"))
+    }
+}
+
+/// A reused connection that fails before any reply code: the relay closed it while idle.
+fn is_connection_lost(err: &lettre::transport::smtp::Error) -> bool {
+    err.status().is_none() && !err.is_client()
+}
+
+/// TLS for `smtps://`, with the platform's roots, as lettre itself verifies.
+fn tls_connector() -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_platform_verifier()
+        .context("the platform's certificate verifier")?
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+fn parse_url(text: &str) -> anyhow::Result<Target> {
+    let url = reqwest::Url::parse(text).context("not a URL")?;
+    let host = url
+        .host_str()
+        .filter(|host| !host.is_empty())
+        .context("no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let tls = url
+        .query_pairs()
+        .find(|(key, _)| key == "tls")
+        .map(|(_, value)| value.into_owned());
+    let (security, default_port) = match (url.scheme(), tls.as_deref()) {
+        ("smtp", None) => (Security::Plain, 25),
+        ("smtp", Some("required")) => (Security::StartTls { required: true }, 587),
+        ("smtp", Some("opportunistic")) => (Security::StartTls { required: false }, 587),
+        ("smtps", _) => (Security::Implicit, 465),
+        (scheme, tls) => bail!("unknown scheme {scheme:?} or tls={tls:?}"),
+    };
+    let decode = |part: &str| -> anyhow::Result<String> {
+        percent_decode_str(part)
+            .decode_utf8()
+            .map(Cow::into_owned)
+            .context("credentials are not UTF-8")
+    };
+    let credentials = match url.password() {
+        Some(password) => Some((decode(url.username())?, decode(password)?)),
+        None => None,
+    };
+    let path = url.path().trim_matches('/');
+    Ok(Target {
+        host,
+        port: url.port().unwrap_or(default_port),
+        security,
+        credentials,
+        hello: (!path.is_empty()).then(|| path.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_read_as_lettre_reads_them() {
+        let plain = parse_url("smtp://127.0.0.1:2525").unwrap();
+        assert_eq!(
+            (plain.host.as_str(), plain.port, plain.security),
+            ("127.0.0.1", 2525, Security::Plain)
+        );
+        assert_eq!(plain.credentials, None);
+        assert_eq!(parse_url("smtp://relay.example.com").unwrap().port, 25);
+
+        let starttls =
+            parse_url("smtp://me%40x.test:p%3Ass@relay.example.com?tls=required").unwrap();
+        assert_eq!(starttls.port, 587);
+        assert_eq!(starttls.security, Security::StartTls { required: true });
+        assert_eq!(
+            starttls.credentials,
+            Some(("me@x.test".to_owned(), "p:ss".to_owned()))
+        );
+        assert_eq!(
+            parse_url("smtp://relay.example.com?tls=opportunistic")
+                .unwrap()
+                .security,
+            Security::StartTls { required: false }
+        );
+
+        let implicit = parse_url("smtps://relay.example.com/client.example.com").unwrap();
+        assert_eq!(
+            (implicit.port, implicit.security),
+            (465, Security::Implicit)
+        );
+        assert_eq!(implicit.hello.as_deref(), Some("client.example.com"));
+        assert_eq!(parse_url("smtp://[::1]:25").unwrap().host, "::1");
+
+        for bad in [
+            "http://relay",
+            "smtp://relay?tls=sometimes",
+            "relay:25",
+            "smtp://",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+}
