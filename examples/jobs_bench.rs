@@ -58,12 +58,23 @@ async fn main() -> anyhow::Result<()> {
     ];
     let config = Config::load(None, env)?;
     let listeners = Listeners::bind(&config).await?;
+    let ready = format!("http://{}/readyz", listeners.http_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(app::run(config, listeners, async {
         let _ = stopped.await;
     }));
-    // Let start-up (database, migrations) finish before the clock starts.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Start-up (database, migrations, workers) finishes before the clock starts.
+    let client = reqwest::Client::new();
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    while !client
+        .get(&ready)
+        .send()
+        .await
+        .is_ok_and(|response| response.status().is_success())
+    {
+        anyhow::ensure!(Instant::now() < ready_by, "mailpush did not become ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let started = Instant::now();
     let sender = std::os::unix::net::UnixDatagram::unbound()?;

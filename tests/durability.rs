@@ -20,8 +20,10 @@ fn mailto(n: u32) -> Vec<u8> {
         .into_bytes()
 }
 
-fn env(dir: &Path, smtp_url: &str) -> Vec<(&'static str, String)> {
-    vec![
+/// The binary's settings; on PostgreSQL (`MAILPUSH_TEST_APP_PG_URL`, set by CI) in a schema
+/// of its own, kept across the restart.
+async fn env(dir: &Path, smtp_url: &str) -> Vec<(&'static str, String)> {
+    let mut env = vec![
         ("MAILPUSH_HTTP__LISTEN", "127.0.0.1:0".to_owned()),
         (
             "MAILPUSH_STORAGE__DATA_DIR",
@@ -35,7 +37,14 @@ fn env(dir: &Path, smtp_url: &str) -> Vec<(&'static str, String)> {
         ("MAILPUSH_NOTIFY__WORKERS", WORKERS.to_string()),
         ("MAILPUSH_NOTIFY__LEASE_SECS", "2".to_owned()),
         ("MAILPUSH_NOTIFY__RETRY_BASE_MS", "200".to_owned()),
-    ]
+    ];
+    if let Ok(url) = std::env::var("MAILPUSH_TEST_APP_PG_URL") {
+        env.push((
+            "MAILPUSH_DATABASE__URL",
+            common::postgres_schema(&url).await,
+        ));
+    }
+    env
 }
 
 /// Message-ID → how many times the sink received it.
@@ -52,7 +61,7 @@ fn deliveries(smtp: &SmtpSink) -> HashMap<String, usize> {
 async fn kill_9_mid_run_loses_no_job() {
     let dir = tempfile::tempdir().unwrap();
     let smtp = SmtpSink::start();
-    let env = env(dir.path(), &smtp.url());
+    let env = env(dir.path(), &smtp.url()).await;
     let first = Server::start(dir.path(), &env, &["serve"]);
     let socket = dir.path().join("notify.sock");
     for n in 0..JOBS {
@@ -95,7 +104,7 @@ async fn crash_while_the_relay_holds(stage: Hold, jobs: u32) -> String {
     let dir = tempfile::tempdir().unwrap();
     let smtp = SmtpSink::start();
     smtp.hold(stage);
-    let env = env(dir.path(), &smtp.url());
+    let env = env(dir.path(), &smtp.url()).await;
     let first = Server::start(dir.path(), &env, &["serve"]);
     let socket = dir.path().join("notify.sock");
     for n in 0..jobs {
@@ -152,7 +161,7 @@ async fn jobs_wait_for_a_relay_that_is_down_and_die_when_it_never_comes() {
     let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let relay = reserved.local_addr().unwrap();
     drop(reserved);
-    let mut env = env(dir.path(), &format!("smtp://{relay}"));
+    let mut env = env(dir.path(), &format!("smtp://{relay}")).await;
     env.push(("MAILPUSH_NOTIFY__MAX_ATTEMPTS", "30".to_owned()));
     let server = Server::start(dir.path(), &env, &["serve"]);
     let socket = dir.path().join("notify.sock");
@@ -176,7 +185,7 @@ async fn jobs_wait_for_a_relay_that_is_down_and_die_when_it_never_comes() {
     // With attempts used up, a job is dead with its last error.
     let dir = tempfile::tempdir().unwrap();
     // Port 1 on loopback: connection refused, every time.
-    let mut env = self::env(dir.path(), "smtp://127.0.0.1:1");
+    let mut env = self::env(dir.path(), "smtp://127.0.0.1:1").await;
     env.push(("MAILPUSH_NOTIFY__MAX_ATTEMPTS", "2".to_owned()));
     env.push(("MAILPUSH_NOTIFY__RETRY_BASE_MS", "50".to_owned()));
     let server = Server::start(dir.path(), &env, &["serve"]);

@@ -248,7 +248,7 @@ impl TestAppBuilder {
 
 /// A fresh schema on the PostgreSQL server at `url`, as a URL that selects it: with
 /// `MAILPUSH_TEST_APP_PG_URL` set (CI does), every [`TestApp`] runs on PostgreSQL.
-async fn postgres_schema(url: &str) -> String {
+pub async fn postgres_schema(url: &str) -> String {
     use sqlx::Connection;
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
