@@ -35,6 +35,10 @@ struct Current {
 impl DeliveryJournal {
     /// Opens (or creates) the journal at `path`, appending.
     pub fn open(path: &Path) -> std::io::Result<DeliveryJournal> {
+        if let Some(dir) = path.parent() {
+            // On PostgreSQL nothing else may have made the data dir yet.
+            std::fs::create_dir_all(dir)?;
+        }
         let file = append(path)?;
         let bytes = file.metadata()?.len();
         Ok(DeliveryJournal {
@@ -118,7 +122,7 @@ mod tests {
     #[test]
     fn records_survive_and_clear() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("delivery.journal");
+        let path = dir.path().join("data/delivery.journal");
         let journal = DeliveryJournal::open(&path).unwrap();
         journal.record(7, 1);
         journal.record(9, 3);

@@ -222,15 +222,23 @@ impl TestAppBuilder {
         let health = format!("http://{http}/healthz");
         wait_until("the app to answer /healthz", || {
             let health = health.clone();
+            let stopped = task.is_finished();
             async move {
-                client()
-                    .get(&health)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
+                stopped
+                    || client()
+                        .get(&health)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200)
             }
         })
         .await;
+        if task.is_finished() {
+            match task.await {
+                Ok(Err(err)) => panic!("the app failed to start: {err:#}"),
+                other => panic!("the app stopped during start-up: {other:?}"),
+            }
+        }
         TestApp {
             database_url,
             data_dir,
