@@ -62,11 +62,29 @@ async fn kill_9_mid_run_loses_no_job() {
     let dir = tempfile::tempdir().unwrap();
     let smtp = SmtpSink::start();
     let env = env(dir.path(), &smtp.url()).await;
+    // The relay holds the first messages until every job is in the queue.
+    smtp.hold(Hold::Data);
     let first = Server::start(dir.path(), &env, &["serve"]);
     let socket = dir.path().join("notify.sock");
     for n in 0..JOBS {
         common::send_datagram(&socket, &mailto(n));
     }
+    // Queued means written to the database: events still in the batching writer's memory
+    // die with the process (Cyrus's datagrams are fire-and-forget at that point too).
+    let metrics = first.url("/metrics");
+    wait_until("every job queued", || async {
+        let text = common::client()
+            .get(&metrics)
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics");
+        common::metric(&text, "mailpush_jobs_total{outcome=\"queued\"}") == f64::from(JOBS)
+    })
+    .await;
+    smtp.hold(Hold::Nothing);
     wait_until("some emails before the crash", || async {
         smtp.mails().len() >= 50
     })
