@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 use common::server::{Server, run_command};
 use common::smtp::SmtpSink;
 use common::{AUTH_SECRET, Sse, wait_until};
-use mailpush::auth::TokenKeys;
-use mailpush::config::{AuthConfig, Secret};
 
 const CLIENTS: usize = 200;
 const JOBS: u32 = 300;
@@ -40,14 +38,7 @@ async fn sigterm_drains_streams_and_loses_no_job() {
         ("MAILPUSH_SHUTDOWN__GRACE_SECS", "5".to_owned()),
     ];
     let server = Server::start(dir.path(), &env, &["serve"]);
-    let keys = TokenKeys::load(
-        &AuthConfig {
-            secret: Some(Secret::new(AUTH_SECRET)),
-            ..AuthConfig::default()
-        },
-        dir.path(),
-    )
-    .unwrap();
+    let keys = common::auth_keys(dir.path());
     let mut clients = Vec::new();
     for n in 0..CLIENTS {
         let token = keys.mint(&format!("user{}", n % 20), 600, false).unwrap();

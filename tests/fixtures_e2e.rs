@@ -10,7 +10,6 @@ use std::path::Path;
 use common::server::Server;
 use common::{AUTH_SECRET, Sse, datagram_fixtures, metric};
 use mailpush::auth::TokenKeys;
-use mailpush::config::{AuthConfig, Secret};
 
 /// The state alice's client must see after each datagram fixture that moves it, written out by
 /// hand from the capture (`index.json`): mail modseqs from message and flag events in mail
@@ -93,14 +92,7 @@ fn start() -> Setup {
         ("MAILPUSH_AUTH__SECRET", AUTH_SECRET.to_owned()),
     ];
     let server = Server::start(dir.path(), &env, &["serve"]);
-    let keys = TokenKeys::load(
-        &AuthConfig {
-            secret: Some(Secret::new(AUTH_SECRET)),
-            ..AuthConfig::default()
-        },
-        dir.path(),
-    )
-    .expect("keys");
+    let keys = common::auth_keys(dir.path());
     Setup {
         _dir: dir,
         server,

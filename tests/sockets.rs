@@ -163,14 +163,7 @@ async fn bad_packets_are_logged_with_their_reason_at_a_bounded_rate() {
     assert!(lines.len() <= 5, "{} lines:\n{log}", lines.len());
 
     // The listener is still there for good packets.
-    let keys = mailpush::auth::TokenKeys::load(
-        &mailpush::config::AuthConfig {
-            secret: Some(mailpush::config::Secret::new(AUTH_SECRET)),
-            ..Default::default()
-        },
-        dir.path(),
-    )
-    .unwrap();
+    let keys = common::auth_keys(dir.path());
     let mut alice = Sse::connect(
         &server.url("/events"),
         &keys.mint("alice", 60, false).unwrap(),

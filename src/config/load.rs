@@ -1,5 +1,5 @@
-//! Building the effective [`Config`]: defaults, TOML, then `MAILPUSH_*` pairs, then checks
-//! that types cannot express.
+//! Building the effective [`Config`]: defaults, TOML, then `MAILPUSH_*` pairs, then the
+//! checks of [`super::validate`].
 
 use std::path::{Path, PathBuf};
 
@@ -61,175 +61,6 @@ impl Config {
         u32::from_str_radix(&self.ingest.cyrus_socket_mode, 8).unwrap_or(0o660)
     }
 
-    /// Checks what types cannot: ranges, formats and relations between keys.
-    fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |key: &str, reason: &str| {
-            Err(ConfigError {
-                key: key.into(),
-                reason: reason.into(),
-            })
-        };
-        if self.http.keepalive_secs == 0 || self.http.keepalive_secs > 3600 {
-            return fail("http.keepalive_secs", "must be between 1 and 3600");
-        }
-        if self.http.max_connections == 0 {
-            return fail("http.max_connections", "must be at least 1");
-        }
-        if self.http.max_connections_per_user == 0 {
-            return fail("http.max_connections_per_user", "must be at least 1");
-        }
-        if self.http.max_body_bytes < 1024 {
-            return fail("http.max_body_bytes", "must be at least 1024");
-        }
-        if let Some(origin) = self.http.cors_origins.iter().find(|o| !valid_origin(o)) {
-            return fail(
-                "http.cors_origins",
-                &format!(
-                    "{origin:?} is not \"*\" or an origin such as \"https://app.example.com\""
-                ),
-            );
-        }
-        match u32::from_str_radix(&self.ingest.cyrus_socket_mode, 8) {
-            Ok(mode) if mode <= 0o777 => {}
-            _ => {
-                return fail(
-                    "ingest.cyrus_socket_mode",
-                    "must be an octal mode such as \"0660\"",
-                );
-            }
-        }
-        if !(1024..=64 << 20).contains(&self.ingest.max_event_bytes) {
-            return fail(
-                "ingest.max_event_bytes",
-                "must be between 1024 and 67108864",
-            );
-        }
-        let sockets = self
-            .ingest
-            .cyrus_socket
-            .iter()
-            .chain(&self.ingest.cyrus_dlist_socket);
-        for path in sockets {
-            // sun_path holds 108 bytes including the final NUL.
-            if path.as_os_str().len() >= 108 {
-                let key = if Some(path) == self.ingest.cyrus_dlist_socket.as_ref() {
-                    "ingest.cyrus_dlist_socket"
-                } else {
-                    "ingest.cyrus_socket"
-                };
-                return fail(key, "socket path must be shorter than 108 bytes");
-            }
-        }
-        if let Some(secret) = &self.ingest.secret
-            && secret.expose().len() < 16
-        {
-            return fail("ingest.secret", "must be at least 16 characters");
-        }
-        if let Some(secret) = &self.auth.secret
-            && secret.expose().len() < 16
-        {
-            return fail("auth.secret", "must be at least 16 characters");
-        }
-        if self.auth.cookie_name.is_empty()
-            || !self
-                .auth
-                .cookie_name
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b"=;,".contains(&b))
-        {
-            return fail(
-                "auth.cookie_name",
-                "must be a cookie name (visible ASCII, no = ; ,)",
-            );
-        }
-        if let Some(url) = &self.database.url {
-            let url = url.expose();
-            if !(url.starts_with("sqlite:")
-                || url.starts_with("postgres://")
-                || url.starts_with("postgresql://"))
-            {
-                return fail(
-                    "database.url",
-                    "must start with sqlite:, postgres:// or postgresql://",
-                );
-            }
-        }
-        let push = &self.push;
-        for (key, value) in [
-            (
-                "push.max_devices_per_user",
-                push.max_devices_per_user as u64,
-            ),
-            ("push.queue_capacity", push.queue_capacity as u64),
-            ("push.max_in_flight", push.max_in_flight as u64),
-            ("push.request_timeout_ms", push.request_timeout_ms),
-            ("push.max_attempts", u64::from(push.max_attempts)),
-            ("push.breaker_threshold", u64::from(push.breaker_threshold)),
-        ] {
-            if value == 0 {
-                return fail(key, "must be at least 1");
-            }
-        }
-        for (name, apns) in &push.apns {
-            for (field, url) in [
-                ("base_url", &apns.base_url),
-                ("sandbox_base_url", &apns.sandbox_base_url),
-            ] {
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    return fail(
-                        &format!("push.apns.{name}.{field}"),
-                        "must be an http(s) URL",
-                    );
-                }
-            }
-            if apns.key_id.len() != 10 || apns.team_id.len() != 10 {
-                let key = if apns.key_id.len() != 10 {
-                    "key_id"
-                } else {
-                    "team_id"
-                };
-                return fail(
-                    &format!("push.apns.{name}.{key}"),
-                    "must be the 10-character id from Apple",
-                );
-            }
-        }
-        let notify = &self.notify;
-        for (key, value) in [
-            ("notify.workers", notify.workers as u64),
-            ("notify.max_attempts", u64::from(notify.max_attempts)),
-            ("notify.lease_secs", notify.lease_secs),
-            ("notify.queue_capacity", notify.queue_capacity as u64),
-        ] {
-            if value == 0 {
-                return fail(key, "must be at least 1");
-            }
-        }
-        if notify.from.parse::<lettre::message::Mailbox>().is_err() {
-            return fail("notify.from", "must be an email address");
-        }
-        if let Some(header) = &notify.sms.auth_header
-            && !header.expose().contains(':')
-        {
-            return fail("notify.sms.auth_header", "must look like `Name: value`");
-        }
-        for (name, fcm) in &push.fcm {
-            if !(fcm.base_url.starts_with("https://") || fcm.base_url.starts_with("http://")) {
-                return fail(
-                    &format!("push.fcm.{name}.base_url"),
-                    "must be an http(s) URL",
-                );
-            }
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return fail(
-                "log.level",
-                "is not a tracing filter such as \"info\" or \"mailpush=debug\"",
-            );
-        }
-        Ok(())
-    }
-
     /// The effective configuration as TOML, secrets shown as `<redacted>`.
     pub fn to_redacted_toml(&self) -> String {
         let mut text =
@@ -242,23 +73,6 @@ impl Config {
         }
         text
     }
-}
-
-/// `*`, or `http(s)://host[:port]` as a browser sends it in `Origin` (no path, no slash).
-fn valid_origin(origin: &str) -> bool {
-    if origin == "*" {
-        return true;
-    }
-    let Some(host) = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"))
-    else {
-        return false;
-    };
-    !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
 }
 
 /// Applies `MAILPUSH_SECTION__KEY=value` pairs. A value that reads as a TOML number, boolean or
@@ -319,21 +133,10 @@ fn env_value(text: &str) -> toml::Value {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::test_env as env;
     use std::path::PathBuf;
 
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn check_err(toml: Option<&str>, pairs: &[(&str, &str)], key: &str) {
-        let err = Config::load(toml, env(pairs)).expect_err("config should be rejected");
-        assert_eq!(err.key, key, "{err}");
-    }
 
     #[test]
     fn defaults() {
@@ -396,102 +199,6 @@ mod tests {
         assert_eq!(config.ingest.cyrus_socket, [PathBuf::from("/tmp/x.sock")]);
         let config = Config::load(None, env(&[("MAILPUSH_INGEST__CYRUS_SOCKET", "")])).unwrap();
         assert!(config.ingest.cyrus_socket.is_empty());
-    }
-
-    #[test]
-    fn errors_name_the_key() {
-        check_err(Some("[http]\nlisten = \"nowhere\""), &[], "http.listen");
-        check_err(
-            Some("[http]\ncors_origins = [\"https://app.example.com/\"]"),
-            &[],
-            "http.cors_origins",
-        );
-        check_err(Some("[http]\nlisen = \"127.0.0.1:1\""), &[], "http.lisen");
-        check_err(Some("[nope]\nx = 1"), &[], "nope");
-        check_err(Some("[http"), &[], "(file)");
-        check_err(
-            None,
-            &[("MAILPUSH_HTTP__KEEPALIVE_SECS", "0")],
-            "http.keepalive_secs",
-        );
-        check_err(
-            None,
-            &[("MAILPUSH_HTTP__KEEPALIVE_SECS", "soon")],
-            "http.keepalive_secs",
-        );
-        check_err(
-            None,
-            &[("MAILPUSH_INGEST__CYRUS_SOCKET_MODE", "rw")],
-            "ingest.cyrus_socket_mode",
-        );
-        check_err(
-            None,
-            &[("MAILPUSH_INGEST__SECRET", "short")],
-            "ingest.secret",
-        );
-        check_err(None, &[("MAILPUSH_AUTH__SECRET", "short")], "auth.secret");
-        check_err(
-            None,
-            &[("MAILPUSH_DATABASE__URL", "mysql://x")],
-            "database.url",
-        );
-        check_err(None, &[("MAILPUSH_LOG__FORMAT", "xml")], "log.format");
-        check_err(None, &[("MAILPUSH_LOG__LEVEL", "[[[")], "log.level");
-        check_err(
-            None,
-            &[("MAILPUSH_HTTP____LISTEN", "x")],
-            "MAILPUSH_HTTP____LISTEN",
-        );
-        check_err(None, &[("MAILPUSH_HTTPX__LISTEN", "x")], "httpx");
-        // Variables that name no section belong to scripts around mailpush.
-        assert!(
-            Config::load(
-                None,
-                env(&[("MAILPUSH_BIN", "/usr/bin/mailpush"), ("MAILPUSH_ARGS", "")])
-            )
-            .is_ok()
-        );
-        check_err(
-            None,
-            &[("MAILPUSH_PUSH__MAX_ATTEMPTS", "0")],
-            "push.max_attempts",
-        );
-        let apns = |key: &str, value: &str| {
-            let mut pairs = vec![
-                ("MAILPUSH_PUSH__APNS__MAIN__KEY_FILE", "k.p8"),
-                ("MAILPUSH_PUSH__APNS__MAIN__KEY_ID", "KEYID12345"),
-                ("MAILPUSH_PUSH__APNS__MAIN__TEAM_ID", "TEAMID6789"),
-                ("MAILPUSH_PUSH__APNS__MAIN__TOPIC", "com.example.mail"),
-            ];
-            pairs.retain(|(k, _)| *k != key);
-            pairs.push((key, value));
-            env(&pairs)
-        };
-        assert!(
-            Config::load(
-                None,
-                apns("MAILPUSH_PUSH__APNS__MAIN__TOPIC", "com.example.mail")
-            )
-            .is_ok()
-        );
-        let err =
-            Config::load(None, apns("MAILPUSH_PUSH__APNS__MAIN__KEY_ID", "short")).unwrap_err();
-        assert_eq!(err.key, "push.apns.main.key_id");
-        let err = Config::load(
-            None,
-            apns("MAILPUSH_PUSH__APNS__MAIN__BASE_URL", "api.push.apple.com"),
-        )
-        .unwrap_err();
-        assert_eq!(err.key, "push.apns.main.base_url");
-        let mut missing = apns("MAILPUSH_PUSH__APNS__MAIN__TOPIC", "x");
-        missing.retain(|(k, _)| k != "MAILPUSH_PUSH__APNS__MAIN__TEAM_ID");
-        let err = Config::load(None, missing).unwrap_err();
-        assert_eq!(err.key, "push.apns.main", "{err}");
-        check_err(
-            None,
-            &[("MAILPUSH_INGEST__CYRUS_SOCKET", &"x".repeat(120))],
-            "ingest.cyrus_socket",
-        );
     }
 
     #[test]

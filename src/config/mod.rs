@@ -7,6 +7,16 @@
 //! and its defaults; `load.rs` builds and checks it.
 
 mod load;
+mod validate;
+
+/// `MAILPUSH_*` pairs as [`Config::load`] takes them, for the tests of both halves.
+#[cfg(test)]
+fn test_env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
 
 use std::collections::BTreeMap;
 use std::fmt;

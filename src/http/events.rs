@@ -7,14 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::{ApiError, HttpState, authenticate};
+use super::{ApiError, HttpState, authenticate, event_stream};
 use crate::stream::jmap::TypeFilter;
 use crate::stream::{FeedOptions, Format, UserState, feed};
 
@@ -122,14 +121,13 @@ fn open_stream(
         sent: state.metrics.frames_sent(format_label),
         latency: state.metrics.eventsource_latency(),
     };
-    let frames = feed(user, subscription, seen, options, state.shutdown.clone());
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .header("x-accel-buffering", "no")
-        .body(Body::from_stream(frames))
-        .map_err(|err| ApiError::Internal(format!("cannot build the stream response: {err}")))
+    event_stream(feed(
+        user,
+        subscription,
+        seen,
+        options,
+        state.shutdown.clone(),
+    ))
 }
 
 /// Adds up to 20 % to the reconnection delay, so that clients dropped together (a restart, a

@@ -111,11 +111,34 @@ fn not_ready(reason: &str) -> Response {
         .into_response()
 }
 
+impl HttpState {
+    /// The gauges, read from their owners: for `/metrics` and the status page.
+    fn levels(&self) -> Levels {
+        Levels {
+            connections: self.hub.connections(),
+            push_queue: self.push.queue_len(),
+        }
+    }
+}
+
+/// A `text/event-stream` response of `frames` that proxies neither cache nor buffer.
+fn event_stream<S>(frames: S) -> Result<Response, ApiError>
+where
+    S: futures_util::TryStream<Ok = bytes::Bytes, Error = std::convert::Infallible>
+        + Send
+        + 'static,
+{
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(axum::body::Body::from_stream(frames))
+        .map_err(|err| ApiError::Internal(format!("cannot build the stream response: {err}")))
+}
+
 async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
-    let body = state.metrics.render(Levels {
-        connections: state.hub.connections(),
-        push_queue: state.push.queue_len(),
-    });
+    let body = state.metrics.render(state.levels());
     (
         [(
             header::CONTENT_TYPE,

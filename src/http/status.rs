@@ -9,17 +9,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream;
 use serde::Deserialize;
 
-use super::{ApiError, HttpState, authenticate_admin};
-use crate::metrics::Levels;
+use super::{ApiError, HttpState, authenticate_admin, event_stream};
 
 /// The page, with its script and styles inline.
 const PAGE: &str = include_str!("status.html");
@@ -84,20 +82,11 @@ pub async fn events(
             }
         },
     );
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .header("x-accel-buffering", "no")
-        .body(Body::from_stream(frames))
-        .map_err(|err| ApiError::Internal(format!("cannot build the stream response: {err}")))
+    event_stream(frames)
 }
 
 fn stats_frame(state: &HttpState) -> Bytes {
-    let snapshot = state.metrics.snapshot(Levels {
-        connections: state.hub.connections(),
-        push_queue: state.push.queue_len(),
-    });
+    let snapshot = state.metrics.snapshot(state.levels());
     // Serializing plain maps, numbers and strings cannot fail; JSON has no raw newlines.
     let json = serde_json::to_string(&snapshot).unwrap_or_else(|_| "{}".into());
     Bytes::from(format!("event: stats\ndata: {json}\n\n"))

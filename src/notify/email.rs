@@ -48,12 +48,6 @@ impl MailTransport {
         }
     }
 
-    /// Whether a send hands the message to a relay, whose acceptance the delivery journal
-    /// must record.
-    pub fn is_relay(&self) -> bool {
-        matches!(self, MailTransport::Smtp(_))
-    }
-
     /// Sends one message; `before_commit` runs right before the relay can take it for good.
     /// SMTP permanent (5xx) replies are permanent; the rest is retried.
     pub async fn send(

@@ -72,10 +72,10 @@ impl DeliveryJournal {
         }
     }
 
-    /// The `(job, attempt)` pairs in the journal at `path` and its previous file.
-    pub fn entries(path: &Path) -> std::io::Result<Vec<(i64, i64)>> {
+    /// The `(job, attempt)` pairs in the journal and its previous file.
+    pub fn entries(&self) -> std::io::Result<Vec<(i64, i64)>> {
         let mut entries = Vec::new();
-        for file in [previous(path), path.to_owned()] {
+        for file in [previous(&self.path), self.path.clone()] {
             let reader = match File::open(&file) {
                 Ok(reader) => BufReader::new(reader),
                 Err(err) if err.kind() == ErrorKind::NotFound => continue,
@@ -95,13 +95,21 @@ impl DeliveryJournal {
         Ok(entries)
     }
 
-    /// Empties the journal at `path` once its entries have been applied.
-    pub fn clear(path: &Path) -> std::io::Result<()> {
-        match std::fs::remove_file(previous(path)) {
+    /// Empties the journal once its entries have been applied.
+    pub fn clear(&self) -> std::io::Result<()> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        match std::fs::remove_file(previous(&self.path)) {
             Err(err) if err.kind() != ErrorKind::NotFound => return Err(err),
             _ => {}
         }
-        append(path)?.set_len(0)
+        current.file.set_len(0)?;
+        current.bytes = 0;
+        Ok(())
+    }
+
+    /// Where the journal is, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -133,13 +141,20 @@ mod tests {
             .unwrap()
             .write_all(b"12")
             .unwrap();
+        let journal = DeliveryJournal::open(&path).unwrap();
         assert_eq!(
-            DeliveryJournal::entries(&path).unwrap(),
+            journal.entries().unwrap(),
             [(7, 1), (9, 3)],
             "the torn last line is skipped"
         );
-        DeliveryJournal::clear(&path).unwrap();
-        assert!(DeliveryJournal::entries(&path).unwrap().is_empty());
+        journal.clear().unwrap();
+        assert!(journal.entries().unwrap().is_empty());
+        journal.record(11, 1);
+        assert_eq!(
+            journal.entries().unwrap(),
+            [(11, 1)],
+            "appends after a clear"
+        );
     }
 
     #[test]
@@ -152,10 +167,10 @@ mod tests {
             journal.record(1_000_000 + job, 1);
         }
         assert!(previous(&path).exists());
-        let entries = DeliveryJournal::entries(&path).unwrap();
+        let entries = journal.entries().unwrap();
         assert_eq!(entries.len() as u64, lines);
         assert_eq!(entries.last(), Some(&(1_000_000 + lines as i64 - 1, 1)));
-        DeliveryJournal::clear(&path).unwrap();
+        journal.clear().unwrap();
         assert!(!previous(&path).exists());
     }
 }

@@ -2,7 +2,7 @@
 //! retried later with backoff, or dead with its last error). Workers wake when the writer has
 //! inserted jobs or when the next job falls due, never on a fixed poll.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,9 +54,8 @@ pub struct Workers {
     /// Replaced whole on SIGHUP; a send keeps the set it started with.
     templates: Arc<std::sync::RwLock<Arc<Templates>>>,
     mail: MailTransport,
-    /// Where a send records that its final `.` goes out (SMTP relays only).
-    journal: Option<DeliveryJournal>,
-    journal_path: PathBuf,
+    /// Where a send records that its final `.` goes out (the outbox never writes to it).
+    journal: DeliveryJournal,
     sms: SmsTransport,
     from: String,
     /// The domain of generated Message-IDs.
@@ -85,16 +84,12 @@ impl Workers {
             config.workers,
         )?;
         let journal_path = data_dir.join(JOURNAL_FILE);
-        let journal = if mail.is_relay() {
-            Some(DeliveryJournal::open(&journal_path).with_context(|| {
-                format!(
-                    "cannot open the delivery journal {}",
-                    journal_path.display()
-                )
-            })?)
-        } else {
-            None
-        };
+        let journal = DeliveryJournal::open(&journal_path).with_context(|| {
+            format!(
+                "cannot open the delivery journal {}",
+                journal_path.display()
+            )
+        })?;
         let sms = SmsTransport::from_config(&config.sms, data_dir.join("sms.log"))?;
         if config.smtp.url.is_none() {
             tracing::info!(outbox = %data_dir.join("outbox").display(), "notify.smtp.url is not set: emails go to the outbox folder");
@@ -112,7 +107,6 @@ impl Workers {
             templates: Arc::new(std::sync::RwLock::new(Arc::new(templates))),
             mail,
             journal,
-            journal_path,
             sms,
             from: config.from.clone(),
             domain,
@@ -134,8 +128,11 @@ impl Workers {
     /// Marks done the jobs a crash left running after their email reached the relay (see
     /// [`super::journal`]), then empties the journal. Runs before any worker claims a job.
     pub async fn recover(&self) -> anyhow::Result<()> {
-        let entries = DeliveryJournal::entries(&self.journal_path)
-            .with_context(|| format!("cannot read {}", self.journal_path.display()))?;
+        let path = self.journal.path();
+        let entries = self
+            .journal
+            .entries()
+            .with_context(|| format!("cannot read {}", path.display()))?;
         if entries.is_empty() {
             return Ok(());
         }
@@ -150,8 +147,9 @@ impl Workers {
                 "jobs whose email reached the relay before a crash are marked done"
             );
         }
-        DeliveryJournal::clear(&self.journal_path)
-            .with_context(|| format!("cannot clear {}", self.journal_path.display()))?;
+        self.journal
+            .clear()
+            .with_context(|| format!("cannot clear {}", path.display()))?;
         Ok(())
     }
 
@@ -278,7 +276,9 @@ impl Workers {
                     .map_err(|err| SendError::Retry(format!("users: {err}")))?;
                 let message =
                     alarm_email(&envelope, &recipient, &user.language, &alarm, &templates)?;
-                self.mail.send(message, || self.journal_delivery(job)).await
+                self.mail
+                    .send(message, || self.journal.record(job.id, job.attempts))
+                    .await
             }
             Payload::SieveEmail {
                 uri,
@@ -286,7 +286,9 @@ impl Workers {
                 importance,
             } => {
                 let message = sieve_email(&envelope, &job.user_id, &uri, &message, &importance)?;
-                self.mail.send(message, || self.journal_delivery(job)).await
+                self.mail
+                    .send(message, || self.journal.record(job.id, job.attempts))
+                    .await
             }
             Payload::Sms { number, text } => {
                 let number = match number {
@@ -306,12 +308,6 @@ impl Workers {
                 };
                 self.sms.send(&templates, &number, &squeeze(&text)).await
             }
-        }
-    }
-
-    fn journal_delivery(&self, job: &Job) {
-        if let Some(journal) = &self.journal {
-            journal.record(job.id, job.attempts);
         }
     }
 

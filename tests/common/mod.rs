@@ -26,6 +26,15 @@ pub use sse::Sse;
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub const AUTH_SECRET: &str = "test-auth-secret-0123456789";
+
+/// The keys a server started with `MAILPUSH_AUTH__SECRET=AUTH_SECRET` verifies tokens with.
+pub fn auth_keys(dir: &Path) -> TokenKeys {
+    let config = mailpush::config::AuthConfig {
+        secret: Some(mailpush::config::Secret::new(AUTH_SECRET)),
+        ..Default::default()
+    };
+    TokenKeys::load(&config, dir).expect("token keys")
+}
 pub const INGEST_SECRET: &str = "test-ingest-secret-0123456789";
 
 /// The fixture folder copied into the repo.

@@ -3,22 +3,23 @@
 //! Each app owns its own registry (no global recorder), so tests that run several apps in one
 //! process read each app's figures apart. Label values come from fixed sets (event kinds,
 //! reject reasons, sources) or are capped (slots), so a producer cannot grow the series without
-//! limit.
+//! limit. The status page's totals and latest rejected packets live in [`status`].
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+mod status;
 
+use std::collections::HashSet;
+use std::sync::RwLock;
+
+use crate::event::ParseError;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use serde::Serialize;
 
-use crate::event::ParseError;
+use status::StatusTotals;
+pub use status::{EXCERPT_BYTES, PacketHead, Rejection, StatusSnapshot};
 
 /// Where an event came in; a label on ingest metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,98 +109,7 @@ pub struct Metrics {
     job_latency: Histogram,
     eventsource_latency: Histogram,
     push_latency: Family<ProviderLabels, Histogram, fn() -> Histogram>,
-    totals: Totals,
-    started: Instant,
-}
-
-/// Running totals for the status page, kept beside the Prometheus families because a family
-/// cannot be summed without knowing its label sets. One relaxed add per event.
-#[derive(Default)]
-struct Totals {
-    events_in: [AtomicU64; 4],
-    rejected: [AtomicU64; 4],
-    pushes: Mutex<BTreeMap<&'static str, u64>>,
-    jobs: Mutex<BTreeMap<&'static str, u64>>,
-    recent_rejections: Mutex<VecDeque<Rejection>>,
-}
-
-/// The most rejected packets the status page lists.
-const RECENT_REJECTIONS: usize = 20;
-/// The most bytes of a rejected packet shown.
-pub const EXCERPT_BYTES: usize = 96;
-
-/// The first bytes of a packet, copied on the stack before a parse consumes the packet, so a
-/// rejection can still show them without an allocation per packet.
-pub struct PacketHead {
-    bytes: [u8; EXCERPT_BYTES],
-    len: usize,
-}
-
-impl PacketHead {
-    /// Copies up to [`EXCERPT_BYTES`] of `packet`.
-    pub fn new(packet: &[u8]) -> PacketHead {
-        let len = packet.len().min(EXCERPT_BYTES);
-        let mut bytes = [0; EXCERPT_BYTES];
-        bytes[..len].copy_from_slice(&packet[..len]);
-        PacketHead { bytes, len }
-    }
-
-    /// The copied bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
-/// A rejected packet as the status page shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Rejection {
-    pub time_ms: u64,
-    pub source: &'static str,
-    pub reason: &'static str,
-    /// The parse error in full.
-    pub error: String,
-    pub bytes: usize,
-    /// The packet's first bytes, with control and non-ASCII bytes escaped.
-    pub excerpt: String,
-}
-
-/// What the status page's stream sends each second: totals (the page derives rates), gauges
-/// and the latest rejected packets, newest first.
-#[derive(Debug, Clone, Serialize)]
-pub struct StatusSnapshot {
-    pub time_ms: u64,
-    pub uptime_secs: u64,
-    pub events_in: BTreeMap<&'static str, u64>,
-    pub rejected: BTreeMap<&'static str, u64>,
-    pub state_updates: u64,
-    pub connections: usize,
-    pub frames_sent: u64,
-    pub pushes: BTreeMap<&'static str, u64>,
-    pub push_queue: usize,
-    pub jobs: BTreeMap<&'static str, u64>,
-    pub recent_rejections: Vec<Rejection>,
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
-}
-
-fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
-    *map.lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .entry(key)
-        .or_insert(0) += 1;
-}
-
-fn copied<T: Clone>(value: &Mutex<T>) -> T {
-    value
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone()
+    totals: StatusTotals,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -331,14 +241,13 @@ impl Metrics {
             connections,
             frames_sent,
             requests_refused,
-            totals: Totals::default(),
-            started: Instant::now(),
+            totals: StatusTotals::default(),
         }
     }
 
     /// Counts an accepted event.
     pub fn event_received(&self, source: Source, kind: &'static str, slot: Option<&str>) {
-        self.totals.events_in[source.index()].fetch_add(1, Ordering::Relaxed);
+        self.totals.event(source);
         self.events_received
             .get_or_create(&EventLabels {
                 source: source.label(),
@@ -356,33 +265,13 @@ impl Metrics {
 
     /// Counts a dropped packet and keeps it among the latest for the status page.
     pub fn packet_rejected(&self, source: Source, error: &ParseError, size: usize, packet: &[u8]) {
-        let reason = error.reason();
         self.packets_rejected
             .get_or_create(&RejectLabels {
                 source: source.label(),
-                reason,
+                reason: error.reason(),
             })
             .inc();
-        self.totals.rejected[source.index()].fetch_add(1, Ordering::Relaxed);
-        let rejection = Rejection {
-            time_ms: now_unix_ms(),
-            source: source.label(),
-            reason,
-            error: error.to_string(),
-            bytes: size,
-            excerpt: packet[..packet.len().min(EXCERPT_BYTES)]
-                .escape_ascii()
-                .to_string(),
-        };
-        let mut recent = self
-            .totals
-            .recent_rejections
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if recent.len() == RECENT_REJECTIONS {
-            recent.pop_back();
-        }
-        recent.push_front(rejection);
+        self.totals.rejected(source, error, size, packet);
     }
 
     /// Counts an event that moved a user's state.
@@ -406,7 +295,7 @@ impl Metrics {
 
     /// Counts what became of a device push.
     pub fn push_outcome(&self, provider: &'static str, app: &str, outcome: &'static str) {
-        bump(&self.totals.pushes, outcome);
+        self.totals.push(outcome);
         self.pushes
             .get_or_create(&PushLabels {
                 provider,
@@ -418,7 +307,7 @@ impl Metrics {
 
     /// Counts what became of a job.
     pub fn job_outcome(&self, outcome: &'static str) {
-        bump(&self.totals.jobs, outcome);
+        self.totals.job(outcome);
         self.jobs.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
@@ -453,17 +342,6 @@ impl Metrics {
 
     /// The figures the status page charts, read now.
     pub fn snapshot(&self, levels: Levels) -> StatusSnapshot {
-        let by_source = |counters: &[AtomicU64; 4]| {
-            Source::ALL
-                .iter()
-                .map(|source| {
-                    (
-                        source.label(),
-                        counters[source.index()].load(Ordering::Relaxed),
-                    )
-                })
-                .collect()
-        };
         let frames_sent = ["legacy", "jmap"]
             .into_iter()
             .map(|format| {
@@ -472,19 +350,8 @@ impl Metrics {
                     .get()
             })
             .sum();
-        StatusSnapshot {
-            time_ms: now_unix_ms(),
-            uptime_secs: self.started.elapsed().as_secs(),
-            events_in: by_source(&self.totals.events_in),
-            rejected: by_source(&self.totals.rejected),
-            state_updates: self.state_updates.get(),
-            connections: levels.connections,
-            frames_sent,
-            pushes: copied(&self.totals.pushes),
-            push_queue: levels.push_queue,
-            jobs: copied(&self.totals.jobs),
-            recent_rejections: copied(&self.totals.recent_rejections).into(),
-        }
+        self.totals
+            .snapshot(self.state_updates.get(), frames_sent, levels)
     }
 
     fn slot_label(&self, slot: &str) -> String {
@@ -546,51 +413,6 @@ mod tests {
             text.contains("mailpush_eventsource_connections 3"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn snapshot_sums_and_keeps_the_latest_rejections() {
-        let metrics = Metrics::new();
-        metrics.event_received(Source::Cyrus, "MessageNew", None);
-        metrics.event_received(Source::Cyrus, "FlagsSet", None);
-        metrics.event_received(Source::Http, "MessageNew", None);
-        metrics.push_outcome("apns", "app", "sent");
-        metrics.push_outcome("fcm", "app", "sent");
-        metrics.job_outcome("dead");
-        for n in 0..RECENT_REJECTIONS + 5 {
-            let packet = format!("packet {n}\n\u{1}{}", "x".repeat(200));
-            metrics.packet_rejected(
-                Source::Cyrus,
-                &ParseError::MissingName,
-                packet.len(),
-                packet.as_bytes(),
-            );
-        }
-        let snapshot = metrics.snapshot(Levels {
-            connections: 7,
-            push_queue: 1,
-        });
-        assert_eq!(snapshot.events_in["cyrus"], 2);
-        assert_eq!(snapshot.events_in["http"], 1);
-        assert_eq!(snapshot.events_in["dlist"], 0);
-        assert_eq!(snapshot.rejected["cyrus"], 25);
-        assert_eq!(snapshot.pushes["sent"], 2);
-        assert_eq!(snapshot.jobs["dead"], 1);
-        assert_eq!(snapshot.connections, 7);
-        assert_eq!(snapshot.recent_rejections.len(), RECENT_REJECTIONS);
-        let newest = &snapshot.recent_rejections[0];
-        assert_eq!(newest.reason, "missing_event_name");
-        assert!(
-            newest.excerpt.starts_with("packet 24\\n\\x01xx"),
-            "{}",
-            newest.excerpt
-        );
-        assert_eq!(
-            newest.excerpt.len(),
-            EXCERPT_BYTES + 4,
-            "\\n and \\x01 escaped"
-        );
-        assert_eq!(newest.bytes, 211);
     }
 
     #[test]
