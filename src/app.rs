@@ -28,7 +28,7 @@ use crate::notify::{
 use crate::pipeline::Pipeline;
 use crate::push::{self, DeviceCache, Providers};
 use crate::store::Store;
-use crate::stream::StateHub;
+use crate::stream::{Beats, StateHub};
 
 /// Every listener mailpush serves, bound before [`run`] starts.
 pub struct Listeners {
@@ -217,7 +217,10 @@ pub async fn run(
         ingest_secret: config.ingest.secret.clone(),
         cookie_name: config.auth.cookie_name.clone(),
         retry_ms: config.http.retry_ms,
-        keepalive: Duration::from_secs(config.http.keepalive_secs),
+        beats: Beats::start(
+            Duration::from_secs(config.http.keepalive_secs),
+            cancel.clone(),
+        ),
         shutdown: cancel.clone(),
         store,
         devices,
@@ -225,15 +228,12 @@ pub async fn run(
         push,
     });
     let router = http::router(state, config.http.max_body_bytes, &config.http.cors_origins);
-    let server_cancel = cancel.clone();
-    tracker.spawn(async move {
-        let served = axum::serve(listeners.http, router)
-            .with_graceful_shutdown(server_cancel.cancelled_owned())
-            .await;
-        if let Err(err) = served {
-            tracing::error!(error = %err, "http server failed");
-        }
-    });
+    tracker.spawn(http::serve::serve(
+        listeners.http,
+        router,
+        cancel.clone(),
+        tracker.clone(),
+    ));
     tracing::info!(
         http = %http_addr,
         cyrus = ?socket_files,

@@ -1,12 +1,18 @@
 //! `GET /events` (FastMail's format) and `GET /jmap/eventsource` (RFC 8620 §7.3).
 //!
 //! Both authenticate the token, read `Last-Event-ID`, take a connection slot from the hub and
-//! stream the [`crate::stream::feed`] of the token's user. A user can only ever subscribe to
-//! their own cell: the user id comes from the verified token, never from the request.
+//! stream the [`Feed`] of the token's user. A user can only ever subscribe to their own cell:
+//! the user id comes from the verified token, never from the request.
+//!
+//! On a connection the lean listener serves ([`super::serve`]) the handler leaves the feed in
+//! the request's [`LeanStream`] slot and answers with the head only; on one hyper serves, the
+//! feed becomes the response body. Either way the same checks ran first.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Extension;
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -15,7 +21,29 @@ use serde::Deserialize;
 
 use super::{ApiError, HttpState, authenticate, event_stream};
 use crate::stream::jmap::TypeFilter;
-use crate::stream::{FeedOptions, Format, UserState, feed};
+use crate::stream::{Feed, FeedOptions, Format, UserState};
+
+/// A slot the lean listener puts in a stream request's extensions: the handler leaves its
+/// feed here, and the listener writes the frames to the socket itself.
+#[derive(Clone, Default)]
+pub struct LeanStream(Arc<Mutex<Option<Feed>>>);
+
+impl LeanStream {
+    /// The feed the handler left, if it opened a stream.
+    pub fn take(&self) -> Option<Feed> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    fn put(&self, feed: Feed) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(feed);
+    }
+}
 
 /// Query parameters of `GET /events`.
 #[derive(Debug, Deserialize)]
@@ -40,17 +68,20 @@ const PING_MAX_SECS: u64 = 600;
 /// Serves FastMail's `event: push` stream.
 pub async fn legacy(
     State(state): State<Arc<HttpState>>,
+    lean: Option<Extension<LeanStream>>,
     headers: HeaderMap,
     query: Result<Query<LegacyQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
     let user = authenticate(&state, &headers, query.access_token.as_deref())?;
-    open_stream(&state, &headers, user, Format::Legacy, "legacy")
+    let feed = open_feed(&state, &headers, user, Format::Legacy, "legacy")?;
+    respond(feed, lean)
 }
 
 /// Serves the JMAP `event: state` stream.
 pub async fn jmap(
     State(state): State<Arc<HttpState>>,
+    lean: Option<Extension<LeanStream>>,
     headers: HeaderMap,
     query: Result<Query<JmapQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -58,7 +89,20 @@ pub async fn jmap(
     // Authenticate before looking at the other parameters, so anonymous callers learn nothing.
     let user = authenticate(&state, &headers, query.access_token.as_deref())?;
     let format = jmap_format(&query)?;
-    open_stream(&state, &headers, user, format, "jmap")
+    let feed = open_feed(&state, &headers, user, format, "jmap")?;
+    respond(feed, lean)
+}
+
+/// The stream response: the head alone when the lean listener writes the frames, the frames as
+/// the body otherwise.
+fn respond(feed: Feed, lean: Option<Extension<LeanStream>>) -> Result<Response, ApiError> {
+    match lean {
+        Some(Extension(slot)) => {
+            slot.put(feed);
+            event_stream(Body::empty())
+        }
+        None => event_stream(Body::from_stream(feed.into_stream())),
+    }
 }
 
 fn jmap_format(query: &JmapQuery) -> Result<Format, ApiError> {
@@ -97,13 +141,13 @@ fn jmap_format(query: &JmapQuery) -> Result<Format, ApiError> {
     })
 }
 
-fn open_stream(
+fn open_feed(
     state: &HttpState,
     headers: &HeaderMap,
     user: String,
     format: Format,
     format_label: &'static str,
-) -> Result<Response, ApiError> {
+) -> Result<Feed, ApiError> {
     let subscription = state.hub.subscribe(&user).inspect_err(|err| {
         state.metrics.request_refused(match err {
             crate::stream::SubscribeError::UserLimit => "user_limit",
@@ -117,11 +161,11 @@ fn open_stream(
     let options = FeedOptions {
         format,
         retry_ms: retry_with_jitter(state.retry_ms),
-        keepalive: state.keepalive,
+        beats: state.beats.clone(),
         sent: state.metrics.frames_sent(format_label),
         latency: state.metrics.eventsource_latency(),
     };
-    event_stream(feed(
+    Ok(Feed::new(
         user,
         subscription,
         seen,

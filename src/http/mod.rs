@@ -1,5 +1,6 @@
 //! The HTTP API: the router, its shared state, and the one error type every handler returns.
 //!
+//! [`serve`] accepts connections and gives EventSource streams a lean writer of their own.
 //! Handlers live in [`events`] (EventSource streams), [`ingest`] (`POST /ingest`), [`devices`]
 //! and [`status`] (the operators' live page); [`cors`] lets web apps on other origins in. Every
 //! error reaches the client as JSON with a stable `code`; client errors are logged at debug at
@@ -9,10 +10,10 @@ pub mod cors;
 pub mod devices;
 pub mod events;
 pub mod ingest;
+pub mod serve;
 pub mod status;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -28,7 +29,7 @@ use crate::metrics::{Levels, Metrics};
 use crate::pipeline::Pipeline;
 use crate::push::{DeviceCache, PushHandle};
 use crate::store::Store;
-use crate::stream::{StateHub, SubscribeError};
+use crate::stream::{Beats, StateHub, SubscribeError};
 
 /// What the handlers share.
 pub struct HttpState {
@@ -45,8 +46,8 @@ pub struct HttpState {
     pub cookie_name: String,
     /// `retry:` hint for EventSource clients, in milliseconds.
     pub retry_ms: u64,
-    /// Quiet time before a keepalive comment.
-    pub keepalive: Duration,
+    /// The shared keepalive clock of every EventSource connection.
+    pub beats: Beats,
     /// Cancelled at shutdown: every EventSource stream ends.
     pub shutdown: CancellationToken,
     /// The database, for device registration.
@@ -121,19 +122,14 @@ impl HttpState {
     }
 }
 
-/// A `text/event-stream` response of `frames` that proxies neither cache nor buffer.
-fn event_stream<S>(frames: S) -> Result<Response, ApiError>
-where
-    S: futures_util::TryStream<Ok = bytes::Bytes, Error = std::convert::Infallible>
-        + Send
-        + 'static,
-{
+/// A `text/event-stream` response that proxies neither cache nor buffer.
+fn event_stream(body: axum::body::Body) -> Result<Response, ApiError> {
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
-        .body(axum::body::Body::from_stream(frames))
+        .body(body)
         .map_err(|err| ApiError::Internal(format!("cannot build the stream response: {err}")))
 }
 

@@ -82,7 +82,7 @@ pub async fn events(
             }
         },
     );
-    event_stream(frames)
+    event_stream(axum::body::Body::from_stream(frames))
 }
 
 fn stats_frame(state: &HttpState) -> Bytes {

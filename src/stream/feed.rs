@@ -1,9 +1,11 @@
 //! One EventSource connection's frames: the `retry:` hint, the current state when the client
 //! missed something, then a frame per state change, with keepalives in between.
 //!
-//! The feed knows nothing of HTTP: it yields the bytes to write. It compares each new state
-//! with the last one the client saw, so a client that falls behind skips straight to the newest
-//! state, and a reconnect with `Last-Event-ID` gets the current state only if it moved.
+//! The feed knows nothing of HTTP: it yields the bytes to write, and both the lean writer and
+//! the hyper body write them. It compares each new state with the last one the client saw, so
+//! a client that falls behind skips straight to the newest state, and a reconnect with
+//! `Last-Event-ID` gets the current state only if it moved. `/events` frames are the cell's own
+//! shared bytes; only JMAP frames, which depend on the client's filter, are encoded here.
 
 use std::time::Duration;
 
@@ -14,8 +16,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::beat::Beats;
 use super::jmap::{self, TypeFilter};
-use super::legacy;
 use super::state::{Subscription, UserState};
 
 /// Which wire format a connection speaks.
@@ -38,82 +40,89 @@ pub struct FeedOptions {
     pub format: Format,
     /// Suggested reconnection delay, sent once as `retry:`.
     pub retry_ms: u64,
-    /// Quiet time after which a keepalive comment is sent.
-    pub keepalive: Duration,
+    /// The shared keepalive clock: an idle connection writes a comment on each tick.
+    pub beats: Beats,
     /// Counts frames that carried state.
     pub sent: Counter,
     /// Time from a state change to its frame being handed to the connection.
     pub latency: Histogram,
 }
 
-/// Streams one connection's frames until the client goes, the user's cell closes, or shutdown.
-/// `seen` is what the client's `Last-Event-ID` says it has (None: nothing).
-pub fn feed(
-    user: String,
-    subscription: Subscription,
-    seen: Option<UserState>,
-    options: FeedOptions,
-    shutdown: CancellationToken,
-) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
-    let feed = Feed {
-        user,
-        subscription,
-        seen: seen.unwrap_or_default(),
-        next_beat: Instant::now() + options.beat_interval(),
-        options,
-        shutdown,
-        started: false,
-        finished: false,
-        reminders_closed: false,
-    };
-    futures_util::stream::unfold(feed, |mut feed| async move {
-        let frame = feed.next_frame().await?;
-        Some((Ok(frame), feed))
-    })
-}
+/// The keepalive comment.
+const KEEPALIVE: &[u8] = b":\n\n";
 
-struct Feed {
+/// One connection's frame source, until the client goes, the user's cell closes, or shutdown.
+pub struct Feed {
     user: String,
     subscription: Subscription,
     seen: UserState,
     options: FeedOptions,
     shutdown: CancellationToken,
-    next_beat: Instant,
+    /// When a `ping=N` JMAP connection owes its next ping.
+    next_ping: Instant,
     started: bool,
     finished: bool,
+    /// Nothing written since the last keepalive tick.
+    quiet: bool,
     /// Set once the reminder channel is gone, so the loop stops polling it.
     reminders_closed: bool,
 }
 
-impl FeedOptions {
-    fn beat_interval(&self) -> Duration {
-        match &self.format {
-            Format::Jmap {
-                ping: Some(ping), ..
-            } => *ping,
-            _ => self.keepalive,
+impl Feed {
+    /// A feed of `user`'s state; `seen` is what the client's `Last-Event-ID` says it has (None:
+    /// nothing).
+    pub fn new(
+        user: String,
+        subscription: Subscription,
+        seen: Option<UserState>,
+        options: FeedOptions,
+        shutdown: CancellationToken,
+    ) -> Feed {
+        Feed {
+            user,
+            subscription,
+            seen: seen.unwrap_or_default(),
+            next_ping: Instant::now() + options.ping().unwrap_or_default(),
+            options,
+            shutdown,
+            started: false,
+            finished: false,
+            quiet: false,
+            reminders_closed: false,
         }
     }
-}
 
-impl Feed {
-    async fn next_frame(&mut self) -> Option<Bytes> {
+    /// The frames as a response body stream, for connections that hyper serves.
+    pub fn into_stream(
+        self,
+    ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
+        futures_util::stream::unfold(self, |mut feed| async move {
+            let frame = feed.next_frame().await?;
+            Some((Ok(frame), feed))
+        })
+    }
+
+    /// The next bytes to write; None once the stream is over. Cancel-safe: state moves only
+    /// when a frame is returned, so it can race a read of the client's socket.
+    pub async fn next_frame(&mut self) -> Option<Bytes> {
         if self.finished {
             return None;
         }
         if self.shutdown.is_cancelled() {
             return Some(self.goodbye());
         }
-        let mut out = String::new();
         if !self.started {
             self.started = true;
-            out.push_str(&format!("retry: {}\n\n", self.options.retry_ms));
-            self.write_state_if_moved(&mut out);
+            let mut out = format!("retry: {}\n\n", self.options.retry_ms).into_bytes();
+            if let Some(frame) = self.state_frame_if_moved() {
+                out.extend_from_slice(&frame);
+            }
             return Some(Bytes::from(out));
         }
+        let ping = self.options.ping();
         loop {
-            if self.write_state_if_moved(&mut out) {
-                return Some(Bytes::from(out));
+            if let Some(frame) = self.state_frame_if_moved() {
+                return Some(frame);
             }
             tokio::select! {
                 biased;
@@ -123,14 +132,26 @@ impl Feed {
                     changed.ok()?;
                 }
                 reminder = self.subscription.reminders.recv(), if !self.reminders_closed => match reminder {
-                    Ok(frame) => return Some(Bytes::from(frame.to_string())),
+                    Ok(frame) => {
+                        self.quiet = false;
+                        return Some(frame);
+                    }
                     // Too slow for the backlog: the oldest reminders are skipped.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     // The hub dropped the channel: reminders are over, state goes on.
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => self.reminders_closed = true,
                 },
-                () = tokio::time::sleep_until(self.next_beat) => {
-                    self.write_beat(&mut out);
+                () = self.options.beats.next(), if ping.is_none() => {
+                    if self.quiet {
+                        return Some(Bytes::from_static(KEEPALIVE));
+                    }
+                    self.quiet = true;
+                }
+                () = tokio::time::sleep_until(self.next_ping), if ping.is_some() => {
+                    let ping = ping.unwrap_or_default();
+                    self.next_ping = Instant::now() + ping;
+                    let mut out = String::new();
+                    jmap::encode_ping(ping.as_secs(), &mut out);
                     return Some(Bytes::from(out));
                 }
             }
@@ -144,49 +165,50 @@ impl Feed {
         Bytes::from(format!("retry: {}\n\n", self.options.retry_ms))
     }
 
-    /// Appends a state frame if the state moved past what the client saw.
-    fn write_state_if_moved(&mut self, out: &mut String) -> bool {
-        let cell = *self.subscription.receiver.borrow_and_update();
+    /// A state frame, if the state moved past what the client saw.
+    fn state_frame_if_moved(&mut self) -> Option<Bytes> {
+        let cell = self.subscription.receiver.borrow_and_update();
         let now = cell.state;
-        let wrote = match &self.options.format {
-            Format::Legacy => {
-                let moved = now.is_newer_than(&self.seen);
-                if moved {
-                    legacy::encode(&now, out);
-                }
-                moved
-            }
+        let changed_at = cell.changed_at;
+        let legacy = matches!(self.options.format, Format::Legacy);
+        let shared = (legacy && now.is_newer_than(&self.seen)).then(|| cell.frame.clone());
+        // Release the cell before encoding anything: `apply` waits on it.
+        drop(cell);
+        let frame = match &self.options.format {
+            Format::Legacy => shared,
             Format::Jmap {
                 filter,
                 close_after_state,
                 ..
             } => {
-                let wrote = jmap::encode_state(&self.user, &self.seen, &now, filter, out);
+                let mut out = String::new();
+                let wrote = jmap::encode_state(&self.user, &self.seen, &now, filter, &mut out);
                 self.finished = wrote && *close_after_state;
-                wrote
+                wrote.then(|| Bytes::from(out))
             }
         };
         self.seen = now;
-        if wrote {
+        if frame.is_some() {
             self.options.sent.inc();
-            if let Some(changed_at) = cell.changed_at {
+            if let Some(changed_at) = changed_at {
                 self.options
                     .latency
                     .observe(changed_at.elapsed().as_secs_f64());
             }
-            self.next_beat = Instant::now() + self.options.beat_interval();
+            self.quiet = false;
+            self.next_ping = Instant::now() + self.options.ping().unwrap_or_default();
         }
-        wrote
+        frame
     }
+}
 
-    fn write_beat(&mut self, out: &mut String) {
-        match &self.options.format {
-            Format::Jmap {
-                ping: Some(ping), ..
-            } => jmap::encode_ping(ping.as_secs(), out),
-            _ => out.push_str(":\n\n"),
+impl FeedOptions {
+    /// The JMAP `ping=N` interval, if the client asked for pings instead of comments.
+    fn ping(&self) -> Option<Duration> {
+        match &self.format {
+            Format::Jmap { ping, .. } => *ping,
+            Format::Legacy => None,
         }
-        self.next_beat = Instant::now() + self.options.beat_interval();
     }
 }
 
@@ -194,6 +216,7 @@ impl Feed {
 mod tests {
     use super::*;
     use crate::route::StateChange;
+    use crate::stream::legacy;
     use crate::stream::state::StateHub;
     use futures_util::StreamExt;
 
@@ -208,7 +231,7 @@ mod tests {
         FeedOptions {
             format,
             retry_ms: 5000,
-            keepalive: Duration::from_secs(25),
+            beats: Beats::start(Duration::from_secs(25), CancellationToken::new()),
             sent: Counter::default(),
             latency: Histogram::new([0.001]),
         }
@@ -226,13 +249,14 @@ mod tests {
         let hub = StateHub::new(10, 10);
         hub.apply("alice", &mail(4));
         let shutdown = CancellationToken::new();
-        let stream = feed(
+        let stream = Feed::new(
             "alice".into(),
             hub.subscribe("alice").unwrap(),
             None,
             options(Format::Legacy),
             shutdown.clone(),
-        );
+        )
+        .into_stream();
         let mut stream = Box::pin(stream);
         assert_eq!(
             next(&mut stream).await,
@@ -240,8 +264,18 @@ mod tests {
         );
         hub.apply("alice", &mail(5));
         hub.apply("alice", &mail(6));
+        let wrote = Instant::now();
         assert_eq!(next(&mut stream).await, frame(6));
+        // The shared clock ticks at 25 s and 50 s: the first tick finds a frame written since
+        // the last one, the second finds the stream quiet.
         assert_eq!(next(&mut stream).await, ":\n\n");
+        assert_eq!(wrote.elapsed(), Duration::from_secs(50));
+        assert_eq!(next(&mut stream).await, ":\n\n");
+        assert_eq!(
+            wrote.elapsed(),
+            Duration::from_secs(75),
+            "one comment per tick"
+        );
         shutdown.cancel();
         assert_eq!(
             next(&mut stream).await,
@@ -268,23 +302,25 @@ mod tests {
         let hub = StateHub::new(10, 10);
         hub.apply("alice", &mail(4));
         let seen = UserState::from_event_id("m4c0a0");
-        let stream = feed(
+        let stream = Feed::new(
             "alice".into(),
             hub.subscribe("alice").unwrap(),
             seen,
             options(Format::Legacy),
             CancellationToken::new(),
-        );
+        )
+        .into_stream();
         let mut stream = Box::pin(stream);
         assert_eq!(next(&mut stream).await, "retry: 5000\n\n");
         let seen = UserState::from_event_id("m3c0a0");
-        let stream = feed(
+        let stream = Feed::new(
             "alice".into(),
             hub.subscribe("alice").unwrap(),
             seen,
             options(Format::Legacy),
             CancellationToken::new(),
-        );
+        )
+        .into_stream();
         let mut stream = Box::pin(stream);
         assert_eq!(
             next(&mut stream).await,
@@ -300,13 +336,14 @@ mod tests {
             close_after_state: true,
             ping: Some(Duration::from_secs(30)),
         };
-        let stream = feed(
+        let stream = Feed::new(
             "alice".into(),
             hub.subscribe("alice").unwrap(),
             None,
             options(format),
             CancellationToken::new(),
-        );
+        )
+        .into_stream();
         let mut stream = Box::pin(stream);
         assert_eq!(next(&mut stream).await, "retry: 5000\n\n");
         let before = Instant::now();

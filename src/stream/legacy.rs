@@ -10,7 +10,16 @@
 
 use std::fmt::Write as _;
 
+use bytes::Bytes;
+
 use super::state::UserState;
+
+/// The `push` event for `state` as shared bytes: the hub encodes it once per state change.
+pub fn frame(state: &UserState) -> Bytes {
+    let mut out = String::with_capacity(128);
+    encode(state, &mut out);
+    Bytes::from(out)
+}
 
 /// Writes one `push` event for `state`, ending in the blank line that dispatches it.
 pub fn encode(state: &UserState, out: &mut String) {

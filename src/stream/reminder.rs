@@ -1,14 +1,13 @@
 //! The `reminder` event: a calendar `display` alarm, written once to the owner's open streams
 //! (both formats). It carries no `id`, so it never moves a client's `Last-Event-ID`.
 
-use std::sync::Arc;
-
+use bytes::Bytes;
 use serde_json::json;
 
 use crate::route::Reminder;
 
 /// One `event: reminder` frame.
-pub fn encode(reminder: &Reminder) -> Arc<str> {
+pub fn encode(reminder: &Reminder) -> Bytes {
     let data = json!({
         "summary": reminder.summary,
         "start": reminder.start,
@@ -19,5 +18,5 @@ pub fn encode(reminder: &Reminder) -> Arc<str> {
         "uid": reminder.uid,
         "alarmTime": reminder.alarm_time,
     });
-    format!("event: reminder\ndata: {data}\n\n").into()
+    Bytes::from(format!("event: reminder\ndata: {data}\n\n"))
 }

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 
 use crate::route::StateChange;
@@ -25,10 +26,14 @@ pub struct UserState {
     pub delivered: u64,
 }
 
-/// What a user's cell holds: the state, and when it last moved (for the delivery latency).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a user's cell holds: the state, its frame, and when it last moved (for the delivery
+/// latency).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cell {
     pub state: UserState,
+    /// The `/events` frame of `state`, encoded once when the state moves and shared by every
+    /// connection of the user: a delivery is then a reference count and a write.
+    pub frame: Bytes,
     /// When `apply` last raised the state; None until it first does.
     pub changed_at: Option<std::time::Instant>,
 }
@@ -48,7 +53,7 @@ pub struct StateHub {
     users: Mutex<HashMap<Box<str>, watch::Sender<Cell>>>,
     /// One-off frames (calendar reminders) for users with open streams; a user's channel is
     /// dropped once nobody listens. A std mutex, as above.
-    reminders: Mutex<HashMap<Box<str>, broadcast::Sender<Arc<str>>>>,
+    reminders: Mutex<HashMap<Box<str>, broadcast::Sender<Bytes>>>,
     connections: Arc<AtomicUsize>,
     max_connections: usize,
     max_connections_per_user: usize,
@@ -59,7 +64,7 @@ pub struct Subscription {
     pub receiver: watch::Receiver<Cell>,
     /// Reminder frames, each written as it comes; a connection too slow for
     /// [`REMINDER_BACKLOG`] of them skips the oldest.
-    pub reminders: broadcast::Receiver<Arc<str>>,
+    pub reminders: broadcast::Receiver<Bytes>,
     _slot: ConnectionSlot,
 }
 
@@ -143,6 +148,7 @@ impl StateHub {
         let raise = |cell: &mut Cell| {
             let moved = cell.state.raise(change);
             if moved {
+                cell.frame = super::legacy::frame(&cell.state);
                 cell.changed_at = Some(now);
             }
             moved
@@ -204,7 +210,7 @@ impl StateHub {
 
     /// Writes a one-off frame to every open stream of `user`; returns how many there were. A
     /// user with no open stream gets nothing: a reminder is now or never.
-    pub fn remind(&self, user: &str, frame: Arc<str>) -> usize {
+    pub fn remind(&self, user: &str, frame: Bytes) -> usize {
         let mut reminders = self
             .reminders
             .lock()
@@ -287,8 +293,13 @@ mod tests {
         assert!(!sub.receiver.has_changed().unwrap());
         hub.apply("alice", &mail(1));
         assert!(sub.receiver.has_changed().unwrap());
-        let cell = *sub.receiver.borrow_and_update();
+        let cell = sub.receiver.borrow_and_update().clone();
         assert_eq!(cell.state.mail, 1);
+        assert_eq!(
+            cell.frame,
+            crate::stream::legacy::frame(&cell.state),
+            "encoded once, in the cell"
+        );
         assert!(cell.changed_at.is_some(), "stamped when it moved");
         hub.apply("alice", &mail(1));
         assert!(!sub.receiver.has_changed().unwrap());
@@ -319,17 +330,21 @@ mod tests {
     #[tokio::test]
     async fn reminders_reach_open_streams_only() {
         let hub = StateHub::new(10, 10);
-        assert_eq!(hub.remind("alice", "frame".into()), 0, "nobody listens yet");
+        assert_eq!(
+            hub.remind("alice", Bytes::from_static(b"frame")),
+            0,
+            "nobody listens yet"
+        );
         let mut first = hub.subscribe("alice").unwrap();
         let mut second = hub.subscribe("alice").unwrap();
         let mut bob = hub.subscribe("bob").unwrap();
-        assert_eq!(hub.remind("alice", "frame".into()), 2);
-        assert_eq!(&*first.reminders.recv().await.unwrap(), "frame");
-        assert_eq!(&*second.reminders.recv().await.unwrap(), "frame");
+        assert_eq!(hub.remind("alice", Bytes::from_static(b"frame")), 2);
+        assert_eq!(first.reminders.recv().await.unwrap(), "frame");
+        assert_eq!(second.reminders.recv().await.unwrap(), "frame");
         assert!(bob.reminders.try_recv().is_err(), "not bob's");
         drop((first, second));
         assert_eq!(
-            hub.remind("alice", "late".into()),
+            hub.remind("alice", Bytes::from_static(b"late")),
             0,
             "the streams are gone"
         );

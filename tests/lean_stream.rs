@@ -1,0 +1,217 @@
+//! The two ways a stream is served, over raw TCP so each path is chosen for certain: a new
+//! connection whose first request is a stream gets the lean writer (close-delimited, one write
+//! per frame); a stream asked for on a keep-alive connection hyper already serves gets the
+//! same frames chunked. Refusals on the lean path are whole responses.
+
+mod common;
+
+use common::{DEADLINE, TestApp, metric};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A MessageNew datagram for `user` at mail modseq `mail`.
+fn datagram(user: &str, mail: u64) -> Vec<u8> {
+    let json = format!(
+        r#"{{"event":"MessageNew","uri":"imap://h/user/{user};UIDVALIDITY=1/;UID={mail}","modseq":{mail},"vnd.cmu.mbtype":"e"}}"#
+    );
+    [
+        b"mailpush\0EVENT\0\0\0\x000\0".as_slice(),
+        json.as_bytes(),
+        b"\0",
+    ]
+    .concat()
+}
+
+/// A client on one raw connection, keeping what it has read.
+struct Raw {
+    socket: TcpStream,
+    read: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(app: &TestApp) -> Raw {
+        let addr = app.url("").trim_start_matches("http://").to_owned();
+        Raw {
+            socket: TcpStream::connect(addr).await.expect("connect"),
+            read: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, request: &str) {
+        self.socket
+            .write_all(request.as_bytes())
+            .await
+            .expect("write");
+    }
+
+    /// Reads until `needle` has arrived; returns everything up to and including it and keeps
+    /// the rest.
+    async fn until(&mut self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(at) = find(&self.read, needle.as_bytes()) {
+                let rest = self.read.split_off(at + needle.len());
+                let got = std::mem::replace(&mut self.read, rest);
+                return String::from_utf8(got).expect("utf-8");
+            }
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, self.socket.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no {needle:?}; got {:?}",
+                        String::from_utf8_lossy(&self.read)
+                    )
+                })
+                .expect("read");
+            assert!(
+                n > 0,
+                "closed before {needle:?}; got {:?}",
+                String::from_utf8_lossy(&self.read)
+            );
+            self.read.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Reads to the end of the connection.
+    async fn read_to_close(&mut self) -> String {
+        tokio::time::timeout(DEADLINE, self.socket.read_to_end(&mut self.read))
+            .await
+            .expect("the server closes")
+            .expect("read");
+        String::from_utf8(std::mem::take(&mut self.read)).expect("utf-8")
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+fn stream_request(token: &str) -> String {
+    format!(
+        "GET /events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+}
+
+async fn connections(app: &TestApp) -> f64 {
+    metric(&app.metrics().await, "mailpush_eventsource_connections")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_gets_close_delimited_frames_and_frees_its_slot_on_close() {
+    let app = TestApp::start().await;
+    let mut raw = Raw::connect(&app).await;
+    // The head in pieces, as a slow client sends it.
+    let request = stream_request(&app.token("alice"));
+    let (first, rest) = request.split_at(20);
+    raw.send(first).await;
+    raw.socket.flush().await.unwrap();
+    raw.send(rest).await;
+    let head = raw.until("\r\n\r\n").await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(
+        head.contains("content-type: text/event-stream\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("cache-control: no-cache\r\n"), "{head}");
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    assert!(
+        !head.contains("transfer-encoding"),
+        "no chunks on the lean path: {head}"
+    );
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(raw.until("\n\n").await.starts_with("retry: "));
+
+    app.send_datagram(&datagram("alice", 7));
+    let frame = raw.until("\n\n").await;
+    assert_eq!(
+        frame,
+        "event: push\nid: m7c0a0\ndata: {\"mailModSeq\":7,\"calendarModSeq\":0,\"contactsModSeq\":0}\n\n",
+        "the frame as it is, no chunk framing"
+    );
+    // Bytes from the client do not disturb the stream.
+    raw.send("stray bytes").await;
+    app.send_datagram(&datagram("alice", 8));
+    assert!(raw.until("\n\n").await.contains("id: m8c0a0\n"));
+
+    assert_eq!(connections(&app).await, 1.0);
+    drop(raw);
+    // The writer notices the close while idle: no frame has to fail first.
+    common::wait_until("the slot is free", || async {
+        connections(&app).await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_a_keep_alive_connection_is_served_by_hyper_with_the_same_frames() {
+    let app = TestApp::start().await;
+    let mut raw = Raw::connect(&app).await;
+    raw.send("GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await;
+    let head = raw.until("\r\n\r\n").await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert_eq!(raw.until("ok\n").await, "ok\n");
+
+    raw.send(&stream_request(&app.token("alice"))).await;
+    let head = raw.until("\r\n\r\n").await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(
+        head.contains("content-type: text/event-stream\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("transfer-encoding: chunked\r\n"),
+        "hyper's framing: {head}"
+    );
+    assert!(raw.until("retry: ").await.len() < 16);
+    app.send_datagram(&datagram("alice", 9));
+    let chunk = raw.until("}\n\n").await;
+    assert!(
+        chunk.ends_with("event: push\nid: m9c0a0\ndata: {\"mailModSeq\":9,\"calendarModSeq\":0,\"contactsModSeq\":0}\n\n"),
+        "{chunk:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_on_the_lean_path_are_whole_responses() {
+    let app = TestApp::start().await;
+    let mut raw = Raw::connect(&app).await;
+    raw.send("GET /events HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    let response = raw.read_to_close().await;
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head");
+    let head = format!("{}\r\n", head.to_ascii_lowercase());
+    assert!(head.starts_with("http/1.1 401 unauthorized\r\n"), "{head}");
+    assert!(head.contains("www-authenticate: bearer\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}\r\n", body.len())),
+        "{head}"
+    );
+    let body: serde_json::Value = serde_json::from_str(body).expect("json");
+    assert_eq!(body["code"], "token_missing");
+    assert_eq!(
+        metric(
+            &app.metrics().await,
+            "mailpush_requests_refused_total{reason=\"token_missing\"}"
+        ),
+        1.0,
+        "counted once"
+    );
+
+    // Not a stream request: hyper answers, and the connection stays open for the next one.
+    let mut raw = Raw::connect(&app).await;
+    raw.send(
+        "GET /nowhere HTTP/1.1\r\nHost: test\r\n\r\nGET /healthz HTTP/1.1\r\nHost: test\r\n\r\n",
+    )
+    .await;
+    assert!(
+        raw.until("\r\n\r\n")
+            .await
+            .to_ascii_lowercase()
+            .starts_with("http/1.1 404")
+    );
+    let second = raw.until("ok\n").await.to_ascii_lowercase();
+    assert!(second.starts_with("http/1.1 200 ok\r\n"), "{second}");
+}
