@@ -28,7 +28,7 @@ use crate::notify::{
 use crate::pipeline::Pipeline;
 use crate::push::{self, DeviceCache, Providers};
 use crate::store::Store;
-use crate::stream::{Beats, StateHub};
+use crate::stream::{StateHub, beat};
 
 /// Every listener mailpush serves, bound before [`run`] starts.
 pub struct Listeners {
@@ -209,6 +209,11 @@ pub async fn run(
     if config.ingest.secret.is_none() {
         tracing::info!("POST /ingest is off: ingest.secret is not set");
     }
+    tracker.spawn(beat::run(
+        hub.clone(),
+        Duration::from_secs(config.http.keepalive_secs),
+        cancel.clone(),
+    ));
     let state = Arc::new(HttpState {
         hub,
         keys,
@@ -217,10 +222,6 @@ pub async fn run(
         ingest_secret: config.ingest.secret.clone(),
         cookie_name: config.auth.cookie_name.clone(),
         retry_ms: config.http.retry_ms,
-        beats: Beats::start(
-            Duration::from_secs(config.http.keepalive_secs),
-            cancel.clone(),
-        ),
         shutdown: cancel.clone(),
         store,
         devices,

@@ -161,17 +161,10 @@ fn open_feed(
     let options = FeedOptions {
         format,
         retry_ms: retry_with_jitter(state.retry_ms),
-        beats: state.beats.clone(),
         sent: state.metrics.frames_sent(format_label),
         latency: state.metrics.eventsource_latency(),
     };
-    Ok(Feed::new(
-        user,
-        subscription,
-        seen,
-        options,
-        state.shutdown.clone(),
-    ))
+    Ok(Feed::new(user, subscription, seen, options))
 }
 
 /// Adds up to 20 % to the reconnection delay, so that clients dropped together (a restart, a

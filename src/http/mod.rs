@@ -29,7 +29,7 @@ use crate::metrics::{Levels, Metrics};
 use crate::pipeline::Pipeline;
 use crate::push::{DeviceCache, PushHandle};
 use crate::store::Store;
-use crate::stream::{Beats, StateHub, SubscribeError};
+use crate::stream::{StateHub, SubscribeError};
 
 /// What the handlers share.
 pub struct HttpState {
@@ -46,9 +46,7 @@ pub struct HttpState {
     pub cookie_name: String,
     /// `retry:` hint for EventSource clients, in milliseconds.
     pub retry_ms: u64,
-    /// The shared keepalive clock of every EventSource connection.
-    pub beats: Beats,
-    /// Cancelled at shutdown: every EventSource stream ends.
+    /// Cancelled at shutdown: the status stream ends (user streams end through their cells).
     pub shutdown: CancellationToken,
     /// The database, for device registration.
     pub store: Store,

@@ -1,44 +1,31 @@
 //! One keepalive clock for every EventSource connection.
 //!
 //! A timer per connection costs memory on every idle connection and a timer-wheel entry to
-//! rearm after every frame. Instead one task ticks every keepalive interval, and on each tick a
-//! connection that wrote nothing since the previous tick writes a comment. An idle stream thus
-//! gets one comment per interval and is never silent for two.
+//! rearm after every frame. Instead one task ticks every keepalive interval and beats every
+//! user's cell that has streams ([`StateHub::beat`]); a stream that wrote nothing since the
+//! previous tick then writes a comment. An idle stream thus gets one comment per interval and
+//! is never silent for two. At shutdown the same task closes every cell, and each stream writes
+//! its goodbye: a stream waits on its cell and nothing else.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-/// A connection's view of the shared keepalive clock.
-#[derive(Clone)]
-pub struct Beats(watch::Receiver<u64>);
+use super::state::StateHub;
 
-impl Beats {
-    /// Starts the clock on the current runtime; it stops when `cancel` fires.
-    pub fn start(period: Duration, cancel: CancellationToken) -> Beats {
-        let (ticks, receiver) = watch::channel(0u64);
-        tokio::spawn(async move {
-            let mut interval =
-                tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    _ = interval.tick() => ticks.send_modify(|tick| *tick += 1),
-                }
-            }
-        });
-        Beats(receiver)
-    }
-
-    /// Waits for the next tick. Once the clock has stopped (shutdown), it never returns.
-    pub async fn next(&mut self) {
-        if self.0.changed().await.is_err() {
-            std::future::pending::<()>().await;
+/// Beats the hub every `period` until `cancel`, then closes every stream.
+pub async fn run(hub: Arc<StateHub>, period: Duration, cancel: CancellationToken) {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = interval.tick() => hub.beat(),
         }
     }
+    hub.close_streams();
 }
 
 #[cfg(test)]
@@ -46,25 +33,21 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn ticks_once_per_period_for_every_listener() {
+    async fn beats_once_per_period_then_closes_at_shutdown() {
+        let hub = Arc::new(StateHub::new(10, 10));
+        let mut alice = hub.subscribe("alice").unwrap();
         let cancel = CancellationToken::new();
-        let mut first = Beats::start(Duration::from_secs(25), cancel.clone());
-        let mut second = first.clone();
+        let clock = tokio::spawn(run(hub.clone(), Duration::from_secs(25), cancel.clone()));
         let start = tokio::time::Instant::now();
-        first.next().await;
+        alice.receiver.changed().await.unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(25));
-        second.next().await;
-        assert_eq!(start.elapsed(), Duration::from_secs(25), "the same tick");
-        first.next().await;
+        assert_eq!(alice.receiver.borrow_and_update().beats, 1);
+        alice.receiver.changed().await.unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(50));
-        second.next().await;
-        assert_eq!(
-            start.elapsed(),
-            Duration::from_secs(50),
-            "a missed tick is not queued twice"
-        );
+        assert_eq!(alice.receiver.borrow_and_update().beats, 2);
         cancel.cancel();
-        let stopped = tokio::time::timeout(Duration::from_secs(3600), second.next()).await;
-        assert!(stopped.is_err(), "no ticks after the clock stopped");
+        clock.await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(50), "closed at once");
+        assert!(alice.receiver.borrow_and_update().closing);
     }
 }

@@ -7,16 +7,15 @@
 //! `Last-Event-ID` gets the current state only if it moved. `/events` frames are the cell's own
 //! shared bytes; only JMAP frames, which depend on the client's filter, are encoded here.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep};
 
-use super::beat::Beats;
 use super::jmap::{self, TypeFilter};
 use super::state::{Subscription, UserState};
 
@@ -40,8 +39,6 @@ pub struct FeedOptions {
     pub format: Format,
     /// Suggested reconnection delay, sent once as `retry:`.
     pub retry_ms: u64,
-    /// The shared keepalive clock: an idle connection writes a comment on each tick.
-    pub beats: Beats,
     /// Counts frames that carried state.
     pub sent: Counter,
     /// Time from a state change to its frame being handed to the connection.
@@ -52,20 +49,19 @@ pub struct FeedOptions {
 const KEEPALIVE: &[u8] = b":\n\n";
 
 /// One connection's frame source, until the client goes, the user's cell closes, or shutdown.
+/// It lives as long as its connection, so it holds no buffer and no timer of its own (but for
+/// a JMAP `ping=N`, whose timer is boxed so that other streams do not carry its room).
 pub struct Feed {
     user: String,
     subscription: Subscription,
     seen: UserState,
     options: FeedOptions,
-    shutdown: CancellationToken,
-    /// When a `ping=N` JMAP connection owes its next ping.
-    next_ping: Instant,
+    /// The `ping=N` timer of a JMAP connection that asked for one.
+    ping: Option<Pin<Box<Sleep>>>,
     started: bool,
     finished: bool,
     /// Nothing written since the last keepalive tick.
     quiet: bool,
-    /// Set once the reminder channel is gone, so the loop stops polling it.
-    reminders_closed: bool,
 }
 
 impl Feed {
@@ -76,19 +72,18 @@ impl Feed {
         subscription: Subscription,
         seen: Option<UserState>,
         options: FeedOptions,
-        shutdown: CancellationToken,
     ) -> Feed {
         Feed {
             user,
             subscription,
             seen: seen.unwrap_or_default(),
-            next_ping: Instant::now() + options.ping().unwrap_or_default(),
+            ping: options
+                .ping_interval()
+                .map(|every| Box::pin(tokio::time::sleep(every))),
             options,
-            shutdown,
             started: false,
             finished: false,
             quiet: false,
-            reminders_closed: false,
         }
     }
 
@@ -108,54 +103,40 @@ impl Feed {
         if self.finished {
             return None;
         }
-        if self.shutdown.is_cancelled() {
-            return Some(self.goodbye());
-        }
         if !self.started {
             self.started = true;
             let mut out = format!("retry: {}\n\n", self.options.retry_ms).into_bytes();
-            if let Some(frame) = self.state_frame_if_moved() {
+            if let Some(frame) = self.pending_frame() {
                 out.extend_from_slice(&frame);
             }
             return Some(Bytes::from(out));
         }
-        let ping = self.options.ping();
         loop {
-            if let Some(frame) = self.state_frame_if_moved() {
+            if let Some(frame) = self.pending_frame() {
                 return Some(frame);
             }
-            tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => return Some(self.goodbye()),
-                changed = self.subscription.receiver.changed() => {
-                    // The hub never drops a cell while it runs; if it does, the stream ends.
-                    changed.ok()?;
-                }
-                reminder = self.subscription.reminders.recv(), if !self.reminders_closed => match reminder {
-                    Ok(frame) => {
-                        self.quiet = false;
-                        return Some(frame);
-                    }
-                    // Too slow for the backlog: the oldest reminders are skipped.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    // The hub dropped the channel: reminders are over, state goes on.
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => self.reminders_closed = true,
+            let changed = self.subscription.receiver.changed();
+            let changed = match self.ping.as_mut() {
+                None => changed.await,
+                Some(timer) => tokio::select! {
+                    changed = changed => changed,
+                    () = timer.as_mut() => return Some(self.ping_frame()),
                 },
-                () = self.options.beats.next(), if ping.is_none() => {
-                    if self.quiet {
-                        return Some(Bytes::from_static(KEEPALIVE));
-                    }
-                    self.quiet = true;
-                }
-                () = tokio::time::sleep_until(self.next_ping), if ping.is_some() => {
-                    let ping = ping.unwrap_or_default();
-                    self.next_ping = Instant::now() + ping;
-                    let mut out = String::new();
-                    jmap::encode_ping(ping.as_secs(), &mut out);
-                    return Some(Bytes::from(out));
-                }
-            }
+            };
+            // The hub never drops a cell while it runs; if it does, the stream ends.
+            changed.ok()?;
         }
+    }
+
+    /// A JMAP `ping` event, and the timer rearmed.
+    fn ping_frame(&mut self) -> Bytes {
+        let every = self.options.ping_interval().unwrap_or_default();
+        if let Some(timer) = self.ping.as_mut() {
+            timer.as_mut().reset(Instant::now() + every);
+        }
+        let mut out = String::new();
+        jmap::encode_ping(every.as_secs(), &mut out);
+        Bytes::from(out)
     }
 
     /// The last frame before a shutdown closes the stream: the reconnection hint again, so
@@ -165,9 +146,36 @@ impl Feed {
         Bytes::from(format!("retry: {}\n\n", self.options.retry_ms))
     }
 
-    /// A state frame, if the state moved past what the client saw.
-    fn state_frame_if_moved(&mut self) -> Option<Bytes> {
+    /// The next frame the cell holds for this client, most urgent first: the goodbye at
+    /// shutdown, a reminder it has not written yet, the state if it moved past what the client
+    /// saw, a keepalive if a clock tick found it quiet.
+    fn pending_frame(&mut self) -> Option<Bytes> {
         let cell = self.subscription.receiver.borrow_and_update();
+        if cell.closing {
+            drop(cell);
+            return Some(self.goodbye());
+        }
+        let unsent = cell.reminders_sent - self.subscription.reminders_seen;
+        if unsent > 0 {
+            // A client more than the backlog behind skips the oldest.
+            let backlog = (unsent as usize).min(cell.reminders.len());
+            self.subscription.reminders_seen = cell.reminders_sent - backlog as u64 + 1;
+            let frame = cell.reminders[cell.reminders.len() - backlog].clone();
+            self.quiet = false;
+            return Some(frame);
+        }
+        let ticks = cell.beats - self.subscription.beats_seen;
+        if ticks > 0 {
+            self.subscription.beats_seen = cell.beats;
+            // A clock tick: a stream quiet since the one before gets a comment (JMAP streams
+            // that asked for pings get those instead). Two ticks seen at once mean a whole
+            // interval went by without this stream reading its cell, so without a frame.
+            if (self.quiet || ticks > 1) && self.ping.is_none() {
+                self.quiet = true;
+                return Some(Bytes::from_static(KEEPALIVE));
+            }
+            self.quiet = true;
+        }
         let now = cell.state;
         let changed_at = cell.changed_at;
         let legacy = matches!(self.options.format, Format::Legacy);
@@ -196,7 +204,9 @@ impl Feed {
                     .observe(changed_at.elapsed().as_secs_f64());
             }
             self.quiet = false;
-            self.next_ping = Instant::now() + self.options.ping().unwrap_or_default();
+            if let (Some(timer), Some(every)) = (self.ping.as_mut(), self.options.ping_interval()) {
+                timer.as_mut().reset(Instant::now() + every);
+            }
         }
         frame
     }
@@ -204,7 +214,7 @@ impl Feed {
 
 impl FeedOptions {
     /// The JMAP `ping=N` interval, if the client asked for pings instead of comments.
-    fn ping(&self) -> Option<Duration> {
+    fn ping_interval(&self) -> Option<Duration> {
         match &self.format {
             Format::Jmap { ping, .. } => *ping,
             Format::Legacy => None,
@@ -231,7 +241,6 @@ mod tests {
         FeedOptions {
             format,
             retry_ms: 5000,
-            beats: Beats::start(Duration::from_secs(25), CancellationToken::new()),
             sent: Counter::default(),
             latency: Histogram::new([0.001]),
         }
@@ -244,17 +253,15 @@ mod tests {
         String::from_utf8(frame.to_vec()).unwrap()
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn legacy_feed_sends_current_then_changes_and_keepalives() {
         let hub = StateHub::new(10, 10);
         hub.apply("alice", &mail(4));
-        let shutdown = CancellationToken::new();
         let stream = Feed::new(
             "alice".into(),
             hub.subscribe("alice").unwrap(),
             None,
             options(Format::Legacy),
-            shutdown.clone(),
         )
         .into_stream();
         let mut stream = Box::pin(stream);
@@ -264,25 +271,59 @@ mod tests {
         );
         hub.apply("alice", &mail(5));
         hub.apply("alice", &mail(6));
-        let wrote = Instant::now();
         assert_eq!(next(&mut stream).await, frame(6));
-        // The shared clock ticks at 25 s and 50 s: the first tick finds a frame written since
-        // the last one, the second finds the stream quiet.
+        // Two ticks seen at once: a whole interval without a frame, so a comment.
+        hub.beat();
+        hub.beat();
         assert_eq!(next(&mut stream).await, ":\n\n");
-        assert_eq!(wrote.elapsed(), Duration::from_secs(50));
-        assert_eq!(next(&mut stream).await, ":\n\n");
+        hub.beat();
         assert_eq!(
-            wrote.elapsed(),
-            Duration::from_secs(75),
-            "one comment per tick"
+            next(&mut stream).await,
+            ":\n\n",
+            "one comment per quiet tick"
         );
-        shutdown.cancel();
+        hub.apply("alice", &mail(7));
+        assert_eq!(next(&mut stream).await, frame(7));
+        // The next tick finds a frame written since the last one: no comment, so the next
+        // bytes are the next state.
+        hub.beat();
+        hub.apply("alice", &mail(8));
+        assert_eq!(next(&mut stream).await, frame(8));
+        hub.close_streams();
         assert_eq!(
             next(&mut stream).await,
             "retry: 5000\n\n",
             "told to come back"
         );
         assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn reminders_come_in_order_and_a_laggard_skips_the_oldest() {
+        let hub = StateHub::new(10, 10);
+        let mut stream = Box::pin(
+            Feed::new(
+                "alice".into(),
+                hub.subscribe("alice").unwrap(),
+                None,
+                options(Format::Legacy),
+            )
+            .into_stream(),
+        );
+        assert_eq!(next(&mut stream).await, "retry: 5000\n\n");
+        hub.remind("alice", Bytes::from_static(b"r0"));
+        hub.remind("alice", Bytes::from_static(b"r1"));
+        hub.apply("alice", &mail(3));
+        assert_eq!(next(&mut stream).await, "r0");
+        assert_eq!(next(&mut stream).await, "r1");
+        assert_eq!(next(&mut stream).await, frame(3));
+        let total = crate::stream::state::REMINDER_BACKLOG + 3;
+        for n in 0..total {
+            hub.remind("alice", Bytes::from(format!("s{n}")));
+        }
+        for n in 3..total {
+            assert_eq!(next(&mut stream).await, format!("s{n}"));
+        }
     }
 
     fn frame(mail: u64) -> String {
@@ -307,7 +348,6 @@ mod tests {
             hub.subscribe("alice").unwrap(),
             seen,
             options(Format::Legacy),
-            CancellationToken::new(),
         )
         .into_stream();
         let mut stream = Box::pin(stream);
@@ -318,7 +358,6 @@ mod tests {
             hub.subscribe("alice").unwrap(),
             seen,
             options(Format::Legacy),
-            CancellationToken::new(),
         )
         .into_stream();
         let mut stream = Box::pin(stream);
@@ -341,7 +380,6 @@ mod tests {
             hub.subscribe("alice").unwrap(),
             None,
             options(format),
-            CancellationToken::new(),
         )
         .into_stream();
         let mut stream = Box::pin(stream);

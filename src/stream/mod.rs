@@ -12,6 +12,5 @@ pub mod legacy;
 pub mod reminder;
 pub mod state;
 
-pub use beat::Beats;
 pub use feed::{Feed, FeedOptions, Format};
 pub use state::{Cell, StateHub, SubscribeError, Subscription, UserState};

@@ -4,15 +4,16 @@
 //! `tokio::sync::watch` cell and every EventSource connection of that user waits on it. A slow
 //! client just sees a newer value when it catches up: memory is O(users), whatever the event
 //! rate. Updates only raise values, so replays and out-of-order datagrams from several Cyrus
-//! processes never move a client backwards.
+//! processes never move a client backwards. Calendar reminders ride in the same cell (the last
+//! few of them), so a user costs one channel whatever their connections wait for.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::route::StateChange;
 
@@ -36,6 +37,14 @@ pub struct Cell {
     pub frame: Bytes,
     /// When `apply` last raised the state; None until it first does.
     pub changed_at: Option<std::time::Instant>,
+    /// Reminder frames sent to the user so far; the last [`REMINDER_BACKLOG`] are in
+    /// `reminders`, the newest last.
+    pub reminders_sent: u64,
+    pub reminders: Arc<[Bytes]>,
+    /// Ticks of the shared keepalive clock ([`StateHub::beat`]) while the user had streams.
+    pub beats: u64,
+    /// Set at shutdown: every stream writes its goodbye and ends.
+    pub closing: bool,
 }
 
 /// Why a subscription was refused.
@@ -51,9 +60,8 @@ pub enum SubscribeError {
 pub struct StateHub {
     /// The cells. A std mutex: every critical section is a map lookup with no `.await`.
     users: Mutex<HashMap<Box<str>, watch::Sender<Cell>>>,
-    /// One-off frames (calendar reminders) for users with open streams; a user's channel is
-    /// dropped once nobody listens. A std mutex, as above.
-    reminders: Mutex<HashMap<Box<str>, broadcast::Sender<Bytes>>>,
+    /// Set by [`StateHub::close_streams`]; cells made afterwards start closed.
+    closing: AtomicBool,
     connections: Arc<AtomicUsize>,
     max_connections: usize,
     max_connections_per_user: usize,
@@ -62,9 +70,10 @@ pub struct StateHub {
 /// A live connection's view of its user's cell; dropping it frees the connection's slot.
 pub struct Subscription {
     pub receiver: watch::Receiver<Cell>,
-    /// Reminder frames, each written as it comes; a connection too slow for
-    /// [`REMINDER_BACKLOG`] of them skips the oldest.
-    pub reminders: broadcast::Receiver<Bytes>,
+    /// `reminders_sent` when the connection opened: earlier reminders are not its to write.
+    pub reminders_seen: u64,
+    /// `beats` when the connection opened.
+    pub beats_seen: u64,
     _slot: ConnectionSlot,
 }
 
@@ -130,7 +139,7 @@ impl StateHub {
     pub fn new(max_connections: usize, max_connections_per_user: usize) -> StateHub {
         StateHub {
             users: Mutex::new(HashMap::new()),
-            reminders: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
             connections: Arc::new(AtomicUsize::new(0)),
             max_connections,
             max_connections_per_user,
@@ -156,7 +165,7 @@ impl StateHub {
         match users.get(user) {
             Some(sender) => sender.send_if_modified(raise),
             None => {
-                let mut cell = Cell::default();
+                let mut cell = self.new_cell();
                 let moved = raise(&mut cell);
                 if moved {
                     users.insert(user.into(), watch::Sender::new(cell));
@@ -187,23 +196,19 @@ impl StateHub {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let cell = users
             .entry(user.into())
-            .or_insert_with(|| watch::Sender::new(Cell::default()));
+            .or_insert_with(|| watch::Sender::new(self.new_cell()));
         if cell.receiver_count() >= self.max_connections_per_user {
             return Err(SubscribeError::UserLimit);
         }
         let receiver = cell.subscribe();
-        drop(users);
-        let mut reminders = self
-            .reminders
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let reminders = reminders
-            .entry(user.into())
-            .or_insert_with(|| broadcast::Sender::new(REMINDER_BACKLOG))
-            .subscribe();
+        let (reminders_seen, beats_seen) = {
+            let cell = receiver.borrow();
+            (cell.reminders_sent, cell.beats)
+        };
         Ok(Subscription {
             receiver,
-            reminders,
+            reminders_seen,
+            beats_seen,
             _slot: slot,
         })
     }
@@ -211,18 +216,65 @@ impl StateHub {
     /// Writes a one-off frame to every open stream of `user`; returns how many there were. A
     /// user with no open stream gets nothing: a reminder is now or never.
     pub fn remind(&self, user: &str, frame: Bytes) -> usize {
-        let mut reminders = self
-            .reminders
+        let users = self
+            .users
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Some(sender) = reminders.get(user) else {
+        let Some(cell) = users.get(user) else {
             return 0;
         };
-        let reached = sender.send(frame).unwrap_or(0);
-        if reached == 0 {
-            reminders.remove(user);
+        let reached = cell.receiver_count();
+        if reached > 0 {
+            cell.send_modify(|cell| {
+                let keep = cell.reminders.len().min(REMINDER_BACKLOG - 1);
+                let older = &cell.reminders[cell.reminders.len() - keep..];
+                cell.reminders = older.iter().cloned().chain([frame]).collect();
+                cell.reminders_sent += 1;
+            });
         }
         reached
+    }
+
+    /// One tick of the shared keepalive clock: wakes every user with open streams, and each
+    /// stream that wrote nothing since the last tick writes a comment. Touching the cells that
+    /// streams wait on anyway means a stream waits on one thing only.
+    pub fn beat(&self) {
+        for cell in self.cells_with_streams() {
+            cell.send_modify(|cell| cell.beats += 1);
+        }
+    }
+
+    /// Ends every stream, now and to come: each writes its goodbye (`retry:`) and closes.
+    pub fn close_streams(&self) {
+        let users = self
+            .users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.closing.store(true, Ordering::Release);
+        for cell in users.values() {
+            cell.send_modify(|cell| cell.closing = true);
+        }
+    }
+
+    /// The cells someone waits on, taken out of the lock so that waking them does not hold up
+    /// `apply`.
+    fn cells_with_streams(&self) -> Vec<watch::Sender<Cell>> {
+        let users = self
+            .users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        users
+            .values()
+            .filter(|cell| cell.receiver_count() > 0)
+            .cloned()
+            .collect()
+    }
+
+    fn new_cell(&self) -> Cell {
+        Cell {
+            closing: self.closing.load(Ordering::Acquire),
+            ..Cell::default()
+        }
     }
 
     /// EventSource connections open now.
@@ -327,8 +379,8 @@ mod tests {
         assert!(hub.subscribe("alice").is_ok());
     }
 
-    #[tokio::test]
-    async fn reminders_reach_open_streams_only() {
+    #[test]
+    fn reminders_reach_open_streams_only() {
         let hub = StateHub::new(10, 10);
         assert_eq!(
             hub.remind("alice", Bytes::from_static(b"frame")),
@@ -336,17 +388,52 @@ mod tests {
             "nobody listens yet"
         );
         let mut first = hub.subscribe("alice").unwrap();
-        let mut second = hub.subscribe("alice").unwrap();
-        let mut bob = hub.subscribe("bob").unwrap();
+        let second = hub.subscribe("alice").unwrap();
+        let bob = hub.subscribe("bob").unwrap();
         assert_eq!(hub.remind("alice", Bytes::from_static(b"frame")), 2);
-        assert_eq!(first.reminders.recv().await.unwrap(), "frame");
-        assert_eq!(second.reminders.recv().await.unwrap(), "frame");
-        assert!(bob.reminders.try_recv().is_err(), "not bob's");
-        drop((first, second));
+        assert!(first.receiver.has_changed().unwrap(), "woken");
+        let cell = first.receiver.borrow_and_update().clone();
+        assert_eq!(
+            (cell.reminders_sent, &cell.reminders[..]),
+            (1, &[Bytes::from_static(b"frame")][..])
+        );
+        assert!(!bob.receiver.has_changed().unwrap(), "not bob's");
+        let late = hub.subscribe("alice").unwrap();
+        assert_eq!(late.reminders_seen, 1, "a later stream does not replay it");
+        for n in 0..10 {
+            hub.remind("alice", Bytes::from(format!("r{n}")));
+        }
+        let cell = first.receiver.borrow_and_update().clone();
+        assert_eq!(cell.reminders_sent, 11);
+        assert_eq!(cell.reminders.len(), REMINDER_BACKLOG, "the last few only");
+        assert_eq!(cell.reminders[REMINDER_BACKLOG - 1], "r9");
+        drop((first, second, late));
         assert_eq!(
             hub.remind("alice", Bytes::from_static(b"late")),
             0,
             "the streams are gone"
+        );
+    }
+
+    #[test]
+    fn beats_wake_users_with_streams_and_closing_reaches_later_cells() {
+        let hub = StateHub::new(10, 10);
+        hub.apply("idle", &mail(1));
+        let mut alice = hub.subscribe("alice").unwrap();
+        hub.beat();
+        assert!(alice.receiver.has_changed().unwrap());
+        assert_eq!(alice.receiver.borrow_and_update().beats, 1);
+        assert_eq!(
+            hub.cells_with_streams().len(),
+            1,
+            "not the user nobody watches"
+        );
+        hub.close_streams();
+        assert!(alice.receiver.borrow_and_update().closing);
+        let late = hub.subscribe("newcomer").unwrap();
+        assert!(
+            late.receiver.borrow().closing,
+            "a stream opened during shutdown ends too"
         );
     }
 
