@@ -155,7 +155,19 @@ fn print_token(config: &Config, user: &str, ttl: u64, admin: bool) -> anyhow::Re
 }
 
 fn serve(config: Config, config_path: Option<PathBuf>, log_level: LogLevel) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let threads = config.runtime.threads();
+    let runtime = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+    }
+    .enable_all()
+    .build()
+    .context("cannot start the async runtime")?;
+    tracing::info!(worker_threads = threads, "runtime started");
     runtime.block_on(async {
         let listeners = Listeners::bind(&config).await?;
         tokio::spawn(reload_log_level_on_hangup(config_path, log_level));

@@ -20,9 +20,19 @@ fn mailto(n: u32) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_streams_and_loses_no_job() {
+    drain(None).await;
+}
+
+/// The same on the single-threaded runtime that one worker thread selects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_on_the_single_threaded_runtime_too() {
+    drain(Some(1)).await;
+}
+
+async fn drain(worker_threads: Option<usize>) {
     let dir = tempfile::tempdir().unwrap();
     let smtp = SmtpSink::start();
-    let env = vec![
+    let mut env = vec![
         ("MAILPUSH_HTTP__LISTEN", "127.0.0.1:0".to_owned()),
         (
             "MAILPUSH_STORAGE__DATA_DIR",
@@ -37,6 +47,9 @@ async fn sigterm_drains_streams_and_loses_no_job() {
         ("MAILPUSH_NOTIFY__WORKERS", "2".to_owned()),
         ("MAILPUSH_SHUTDOWN__GRACE_SECS", "5".to_owned()),
     ];
+    if let Some(threads) = worker_threads {
+        env.push(("MAILPUSH_RUNTIME__WORKER_THREADS", threads.to_string()));
+    }
     let server = Server::start(dir.path(), &env, &["serve"]);
     let keys = common::auth_keys(dir.path());
     let mut clients = Vec::new();

@@ -15,6 +15,12 @@ impl Config {
         if self.http.keepalive_secs == 0 || self.http.keepalive_secs > 3600 {
             return fail("http.keepalive_secs", "must be between 1 and 3600");
         }
+        if self.runtime.worker_threads > 1024 {
+            return fail(
+                "runtime.worker_threads",
+                "must be between 0 (one per core) and 1024",
+            );
+        }
         if self.http.max_connections == 0 {
             return fail("http.max_connections", "must be at least 1");
         }
@@ -233,6 +239,11 @@ mod tests {
             "ingest.secret",
         );
         check_err(None, &[("MAILPUSH_AUTH__SECRET", "short")], "auth.secret");
+        check_err(
+            None,
+            &[("MAILPUSH_RUNTIME__WORKER_THREADS", "100000")],
+            "runtime.worker_threads",
+        );
         check_err(
             None,
             &[("MAILPUSH_DATABASE__URL", "mysql://x")],
