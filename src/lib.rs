@@ -11,8 +11,9 @@
 //! - [`event`]: bytes to [`event::Event`]; no I/O, no panics on input.
 //! - [`pipeline`]: counts each event, routes it, carries out the actions without waiting.
 //! - [`route`]: `Event → Vec<Action>`, pure.
-//! - [`stream`]: per-user latest-state cells and the EventSource frame formats.
-//! - [`http`]: the axum router: EventSource endpoints, `POST /ingest`, health, metrics.
+//! - [`stream`]: per-user latest-state cells, the EventSource frame formats, the keepalive clock.
+//! - [`http`]: the listener (a lean writer for EventSource streams, hyper for the rest) and the
+//!   axum router: EventSource endpoints, `POST /ingest`, devices, health, metrics, status.
 //! - [`store`]: the database (SQLite or PostgreSQL): registered devices.
 //! - [`push`]: device pushes to APNs and FCM, on a bounded queue; the in-memory device cache.
 //! - [`notify`]: the blocking path: durable jobs, workers, email (lettre) and SMS.
