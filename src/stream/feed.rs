@@ -116,15 +116,13 @@ impl Feed {
                 return Some(frame);
             }
             let changed = self.subscription.receiver.changed();
-            let changed = match self.ping.as_mut() {
+            match self.ping.as_mut() {
                 None => changed.await,
                 Some(timer) => tokio::select! {
-                    changed = changed => changed,
+                    () = changed => {}
                     () = timer.as_mut() => return Some(self.ping_frame()),
                 },
-            };
-            // The hub never drops a cell while it runs; if it does, the stream ends.
-            changed.ok()?;
+            }
         }
     }
 

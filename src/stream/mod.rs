@@ -1,4 +1,4 @@
-//! Live state for web clients: per-user latest-state cells ([`state`]), the two EventSource
+//! Live state for web clients: per-user latest-state cells ([`state`], over [`cell`]), the two EventSource
 //! wire formats ([`legacy`], [`jmap`]), the per-connection frame source ([`feed`]) and the one
 //! keepalive clock they share ([`beat`]).
 //!
@@ -6,6 +6,7 @@
 //! and hands bytes to `http`. It never reads a database and never holds a lock across `.await`.
 
 pub mod beat;
+pub mod cell;
 pub mod feed;
 pub mod jmap;
 pub mod legacy;

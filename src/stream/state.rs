@@ -1,7 +1,7 @@
 //! Per-user latest-state cells: the one place live state lives.
 //!
 //! Web clients need the newest modseqs, not the history, so each user has one
-//! `tokio::sync::watch` cell and every EventSource connection of that user waits on it. A slow
+//! latest-value [`cell`] and every EventSource connection of that user waits on it. A slow
 //! client just sees a newer value when it catches up: memory is O(users), whatever the event
 //! rate. Updates only raise values, so replays and out-of-order datagrams from several Cyrus
 //! processes never move a client backwards. Calendar reminders ride in the same cell (the last
@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::watch;
 
+use super::cell;
 use crate::route::StateChange;
 
 /// A user's modseqs as web clients see them.
@@ -59,7 +59,7 @@ pub enum SubscribeError {
 /// Every user's state cell, and the connection caps.
 pub struct StateHub {
     /// The cells. A std mutex: every critical section is a map lookup with no `.await`.
-    users: Mutex<HashMap<Box<str>, watch::Sender<Cell>>>,
+    users: Mutex<HashMap<Box<str>, cell::Sender<Cell>>>,
     /// Set by [`StateHub::close_streams`]; cells made afterwards start closed.
     closing: AtomicBool,
     connections: Arc<AtomicUsize>,
@@ -69,7 +69,7 @@ pub struct StateHub {
 
 /// A live connection's view of its user's cell; dropping it frees the connection's slot.
 pub struct Subscription {
-    pub receiver: watch::Receiver<Cell>,
+    pub receiver: cell::Receiver<Cell>,
     /// `reminders_sent` when the connection opened: earlier reminders are not its to write.
     pub reminders_seen: u64,
     /// `beats` when the connection opened.
@@ -168,7 +168,7 @@ impl StateHub {
                 let mut cell = self.new_cell();
                 let moved = raise(&mut cell);
                 if moved {
-                    users.insert(user.into(), watch::Sender::new(cell));
+                    users.insert(user.into(), cell::Sender::new(cell));
                 }
                 moved
             }
@@ -196,7 +196,7 @@ impl StateHub {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let cell = users
             .entry(user.into())
-            .or_insert_with(|| watch::Sender::new(self.new_cell()));
+            .or_insert_with(|| cell::Sender::new(self.new_cell()));
         if cell.receiver_count() >= self.max_connections_per_user {
             return Err(SubscribeError::UserLimit);
         }
@@ -258,7 +258,7 @@ impl StateHub {
 
     /// The cells someone waits on, taken out of the lock so that waking them does not hold up
     /// `apply`.
-    fn cells_with_streams(&self) -> Vec<watch::Sender<Cell>> {
+    fn cells_with_streams(&self) -> Vec<cell::Sender<Cell>> {
         let users = self
             .users
             .lock()
@@ -342,9 +342,9 @@ mod tests {
     fn subscribers_wake_on_change_only() {
         let hub = StateHub::new(10, 10);
         let mut sub = hub.subscribe("alice").unwrap();
-        assert!(!sub.receiver.has_changed().unwrap());
+        assert!(!sub.receiver.has_changed());
         hub.apply("alice", &mail(1));
-        assert!(sub.receiver.has_changed().unwrap());
+        assert!(sub.receiver.has_changed());
         let cell = sub.receiver.borrow_and_update().clone();
         assert_eq!(cell.state.mail, 1);
         assert_eq!(
@@ -354,9 +354,9 @@ mod tests {
         );
         assert!(cell.changed_at.is_some(), "stamped when it moved");
         hub.apply("alice", &mail(1));
-        assert!(!sub.receiver.has_changed().unwrap());
+        assert!(!sub.receiver.has_changed());
         hub.apply("bob", &mail(9));
-        assert!(!sub.receiver.has_changed().unwrap());
+        assert!(!sub.receiver.has_changed());
     }
 
     #[test]
@@ -391,13 +391,13 @@ mod tests {
         let second = hub.subscribe("alice").unwrap();
         let bob = hub.subscribe("bob").unwrap();
         assert_eq!(hub.remind("alice", Bytes::from_static(b"frame")), 2);
-        assert!(first.receiver.has_changed().unwrap(), "woken");
+        assert!(first.receiver.has_changed(), "woken");
         let cell = first.receiver.borrow_and_update().clone();
         assert_eq!(
             (cell.reminders_sent, &cell.reminders[..]),
             (1, &[Bytes::from_static(b"frame")][..])
         );
-        assert!(!bob.receiver.has_changed().unwrap(), "not bob's");
+        assert!(!bob.receiver.has_changed(), "not bob's");
         let late = hub.subscribe("alice").unwrap();
         assert_eq!(late.reminders_seen, 1, "a later stream does not replay it");
         for n in 0..10 {
@@ -421,7 +421,7 @@ mod tests {
         hub.apply("idle", &mail(1));
         let mut alice = hub.subscribe("alice").unwrap();
         hub.beat();
-        assert!(alice.receiver.has_changed().unwrap());
+        assert!(alice.receiver.has_changed());
         assert_eq!(alice.receiver.borrow_and_update().beats, 1);
         assert_eq!(
             hub.cells_with_streams().len(),
