@@ -70,9 +70,10 @@ pub struct StateHub {
 /// A live connection's view of its user's cell; dropping it frees the connection's slot.
 pub struct Subscription {
     pub receiver: cell::Receiver<Cell>,
-    /// `reminders_sent` when the connection opened: earlier reminders are not its to write.
+    /// How far the connection got through `reminders_sent`; it starts at the count when the
+    /// connection opened, since earlier reminders are not its to write.
     pub reminders_seen: u64,
-    /// `beats` when the connection opened.
+    /// The last `beats` the connection acted on; it starts at the count when it opened.
     pub beats_seen: u64,
     _slot: ConnectionSlot,
 }
