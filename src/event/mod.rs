@@ -2,8 +2,8 @@
 //!
 //! `event` owns the [`Event`] type and every parser that turns producer bytes into it: the Cyrus
 //! notify datagram ([`packet`]), its `dlist:` stream record ([`dlist`]), the RFC 5423 JSON body
-//! ([`parse`]), the IMAP URL in `uri` ([`imapurl`]), the IMAP ENVELOPE ([`envelope`]) and RFC 2047
-//! words ([`rfc2047`]). It never does I/O and never panics on input: a packet is either an
+//! ([`parse`], read in one pass by `json`), the IMAP URL in `uri` ([`imapurl`]), the IMAP
+//! ENVELOPE ([`envelope`]) and RFC 2047 words ([`rfc2047`]). It never does I/O and never panics on input: a packet is either an
 //! `Event` or a [`ParseError`] whose reason is fit for a log line and a metric label.
 //!
 //! An `Event` is built once, on the receive path, and handed through `pipeline` to `route`.
@@ -11,6 +11,7 @@
 pub mod dlist;
 pub mod envelope;
 pub mod imapurl;
+mod json;
 pub mod packet;
 pub mod parse;
 pub mod rfc2047;

@@ -75,14 +75,13 @@ const MAX_OPTIONS: usize = 256;
 pub fn from_datagram(bytes: &[u8]) -> Result<Notification, ParseError> {
     let mut fields = Fields { rest: bytes };
     let method = fields.text("method")?;
-    let class = Class::from_name(&fields.text("class")?);
+    let class = Class::from_name(&String::from_utf8_lossy(fields.field("class")?));
     let priority = fields.text("priority")?;
     let user = fields.text("user")?;
     let mailbox = fields.text("mailbox")?;
-    let n_options = fields.text("nopt")?;
-    let n_options: usize = n_options
-        .parse()
+    let n_options: usize = std::str::from_utf8(fields.field("nopt")?)
         .ok()
+        .and_then(|n| n.parse().ok())
         .filter(|n| *n <= MAX_OPTIONS)
         .ok_or(ParseError::BadHeader("nopt is not a small number"))?;
     let mut options = Vec::with_capacity(n_options);

@@ -7,9 +7,7 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
+use super::json::{JsonError, Reader};
 use super::{Class, Counters, Envelope, Event, Kind, MailboxType, Notification, envelope, imapurl};
 
 /// Why bytes are not an event. Each variant has a stable [`ParseError::reason`] for metrics.
@@ -72,7 +70,10 @@ pub fn from_notification(mut notification: Notification) -> Result<Event, ParseE
         }
         Class::Imip => {
             let json = std::mem::take(&mut notification.message);
-            serde_json::from_str::<serde::de::IgnoredAny>(&json)
+            let mut reader = Reader::new(&json);
+            reader
+                .skip()
+                .and_then(|()| reader.end())
                 .map_err(|err| ParseError::Json(err.to_string()))?;
             let mut event = bare_event(Class::Imip, "IMIP".into(), Kind::Imip, packet_user);
             event.raw = Some(json.into_boxed_str());
@@ -111,77 +112,119 @@ fn bare_event(class: Class, name: String, kind: Kind, owner: Option<String>) -> 
     }
 }
 
-/// The keys mailpush reads; serde skips every other key without building it.
-#[derive(Deserialize)]
+/// The fields mailpush reads from an event; every other key is checked and skipped.
+#[derive(Default)]
 struct WireEvent<'a> {
-    #[serde(borrow, default, deserialize_with = "lenient::text")]
     event: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "lenient::text")]
     uri: Option<Cow<'a, str>>,
-    #[serde(default, deserialize_with = "lenient::number")]
     modseq: Option<u64>,
-    #[serde(default, deserialize_with = "lenient::number")]
     messages: Option<u64>,
-    #[serde(
-        rename = "vnd.cmu.unseenMessages",
-        default,
-        deserialize_with = "lenient::number"
-    )]
     unseen: Option<u64>,
-    #[serde(borrow, default, deserialize_with = "lenient::text")]
     user: Option<Cow<'a, str>>,
-    #[serde(rename = "userId", borrow, default, deserialize_with = "lenient::text")]
     user_id: Option<Cow<'a, str>>,
-    #[serde(
-        rename = "calendarOwner",
-        borrow,
-        default,
-        deserialize_with = "lenient::text"
-    )]
     calendar_owner: Option<Cow<'a, str>>,
-    #[serde(
-        rename = "serverFQDN",
-        borrow,
-        default,
-        deserialize_with = "lenient::text"
-    )]
     server_fqdn: Option<Cow<'a, str>>,
-    #[serde(
-        rename = "vnd.cmu.mbtype",
-        borrow,
-        default,
-        deserialize_with = "lenient::text"
-    )]
     mbtype: Option<Cow<'a, str>>,
-    #[serde(
-        rename = "vnd.fastmail.counters",
-        borrow,
-        default,
-        deserialize_with = "lenient::text"
-    )]
     counters: Option<Cow<'a, str>>,
-    /// Kept raw: it is only decoded (it is full of escaped quotes) when jmapEmail is absent.
-    #[serde(rename = "vnd.cmu.envelope", borrow, default)]
-    envelope: Option<&'a RawValue>,
-    #[serde(rename = "vnd.fastmail.jmapEmail", borrow, default)]
-    jmap_email: Option<&'a RawValue>,
+    /// `vnd.cmu.envelope`, kept raw: it is full of escaped quotes, and only decoded when
+    /// `vnd.fastmail.jmapEmail` gives no sender and subject.
+    envelope: Option<&'a str>,
+    /// `vnd.fastmail.jmapEmail`, read in place; None when absent or of an odd shape.
+    jmap_email: Option<Envelope>,
 }
 
-/// The part of `vnd.fastmail.jmapEmail` used for display; its headers are already decoded.
-#[derive(Deserialize)]
-struct JmapEmail<'a> {
-    #[serde(borrow, default, deserialize_with = "lenient::text")]
-    subject: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    from: Option<Vec<JmapAddress<'a>>>,
+/// Reads the fields of [`WireEvent`] in one pass over the text, which must be one object and
+/// nothing else. A known key given twice is an error, as it would be to `serde_json`; a known
+/// key with a value of another type reads as absent.
+fn read_wire(text: &str) -> Result<WireEvent<'_>, JsonError> {
+    let mut reader = Reader::new(text);
+    let mut wire = WireEvent::default();
+    let mut seen = 0u16;
+    reader.object(|reader, key| {
+        let (bit, field) = match key.as_ref() {
+            "event" => (0, &mut wire.event),
+            "uri" => (1, &mut wire.uri),
+            "user" => (2, &mut wire.user),
+            "userId" => (3, &mut wire.user_id),
+            "calendarOwner" => (4, &mut wire.calendar_owner),
+            "serverFQDN" => (5, &mut wire.server_fqdn),
+            "vnd.cmu.mbtype" => (6, &mut wire.mbtype),
+            "vnd.fastmail.counters" => (7, &mut wire.counters),
+            other => {
+                let (bit, result) = match other {
+                    "modseq" => (8, reader.unsigned().map(|n| wire.modseq = n)),
+                    "messages" => (9, reader.unsigned().map(|n| wire.messages = n)),
+                    "vnd.cmu.unseenMessages" => (10, reader.unsigned().map(|n| wire.unseen = n)),
+                    "vnd.cmu.envelope" => (11, reader.raw().map(|raw| wire.envelope = Some(raw))),
+                    "vnd.fastmail.jmapEmail" => {
+                        (12, read_jmap_email(reader).map(|e| wire.jmap_email = e))
+                    }
+                    _ => return reader.skip(),
+                };
+                return first_time(reader, &mut seen, bit).and(result);
+            }
+        };
+        first_time(reader, &mut seen, bit)?;
+        *field = reader.text()?;
+        Ok(())
+    })?;
+    reader.end()?;
+    Ok(wire)
 }
 
-#[derive(Deserialize)]
-struct JmapAddress<'a> {
-    #[serde(borrow, default, deserialize_with = "lenient::text")]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "lenient::text")]
-    email: Option<Cow<'a, str>>,
+/// Marks a known key as read; the second time it is an error.
+fn first_time(reader: &Reader<'_>, seen: &mut u16, bit: u8) -> Result<(), JsonError> {
+    if *seen & (1 << bit) != 0 {
+        return Err(reader.error("duplicate key"));
+    }
+    *seen |= 1 << bit;
+    Ok(())
+}
+
+/// Reads sender and subject from `vnd.fastmail.jmapEmail`, whose headers are already decoded.
+/// Its shape is checked: anything but an object whose `from` is null or an array of objects
+/// reads as None, so the caller falls back to the IMAP envelope. Bad JSON is still an error.
+fn read_jmap_email(reader: &mut Reader<'_>) -> Result<Option<Envelope>, JsonError> {
+    if reader.peek() != Some(b'{') {
+        return reader.skip().map(|()| None);
+    }
+    let mut envelope = Envelope::default();
+    let mut odd = false;
+    let mut first_from = true;
+    reader.object(|reader, key| match key.as_ref() {
+        "subject" => {
+            envelope.subject = reader.text()?.map(Cow::into_owned);
+            Ok(())
+        }
+        "from" if reader.peek() == Some(b'[') => reader.array(|reader| {
+            if reader.peek() != Some(b'{') {
+                odd = true;
+                return reader.skip();
+            }
+            let take = std::mem::take(&mut first_from);
+            reader.object(|reader, key| {
+                let field = match key.as_ref() {
+                    "name" if take => &mut envelope.from_name,
+                    "email" if take => &mut envelope.from_address,
+                    _ => return reader.skip(),
+                };
+                *field = reader
+                    .text()?
+                    .filter(|t| !t.is_empty())
+                    .map(Cow::into_owned);
+                Ok(())
+            })
+        }),
+        "from" => {
+            odd |= !reader.null()?;
+            if odd {
+                reader.skip()?;
+            }
+            Ok(())
+        }
+        _ => reader.skip(),
+    })?;
+    Ok((!odd).then_some(envelope))
 }
 
 fn event_from_json_text(json: &str) -> Result<Event, ParseError> {
@@ -189,8 +232,7 @@ fn event_from_json_text(json: &str) -> Result<Event, ParseError> {
     if !json.trim_start().starts_with('{') {
         return Err(ParseError::Json("an event must be a JSON object".into()));
     }
-    let wire: WireEvent<'_> =
-        serde_json::from_str(json).map_err(|err| ParseError::Json(err.to_string()))?;
+    let wire = read_wire(json).map_err(|err| ParseError::Json(err.to_string()))?;
     let name = wire
         .event
         .filter(|name| !name.is_empty())
@@ -213,7 +255,6 @@ fn event_from_json_text(json: &str) -> Result<Event, ParseError> {
     };
     let envelope = wire
         .jmap_email
-        .and_then(envelope_from_jmap)
         .or_else(|| envelope_from_imap(wire.envelope?));
     Ok(Event {
         class: Class::Event,
@@ -237,123 +278,14 @@ fn event_from_json_text(json: &str) -> Result<Event, ParseError> {
     })
 }
 
-/// Reads sender and subject from `vnd.fastmail.jmapEmail`; None when it has an odd shape, so
-/// the caller falls back to the IMAP envelope.
-fn envelope_from_jmap(raw: &RawValue) -> Option<Envelope> {
-    let email: JmapEmail<'_> = serde_json::from_str(raw.get()).ok()?;
-    let first = email.from.and_then(|from| from.into_iter().next());
-    let (from_name, from_address) = match first {
-        Some(address) => (
-            address.name.filter(|n| !n.is_empty()).map(Cow::into_owned),
-            address.email.filter(|e| !e.is_empty()).map(Cow::into_owned),
-        ),
-        None => (None, None),
-    };
-    Some(Envelope {
-        subject: email.subject.map(Cow::into_owned),
-        from_name,
-        from_address,
-    })
-}
-
 /// Reads sender and subject from the IMAP ENVELOPE string; None when it is not a string.
-fn envelope_from_imap(raw: &RawValue) -> Option<Envelope> {
-    let text: Cow<'_, str> = serde_json::from_str(raw.get()).ok()?;
+fn envelope_from_imap(raw: &str) -> Option<Envelope> {
+    let text = Reader::new(raw).text().ok()??;
     Some(envelope::parse(&text))
 }
 
 fn non_empty(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_owned())
-}
-
-/// Field readers that turn a value of an unexpected type into "absent" instead of an error.
-mod lenient {
-    use std::borrow::Cow;
-    use std::fmt;
-
-    use serde::Deserializer;
-    use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
-
-    /// A string, borrowed when it has no escapes; anything else is None.
-    pub fn text<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Cow<'de, str>>, D::Error> {
-        de.deserialize_any(Lenient(|value: Scalar<'de>| match value {
-            Scalar::Text(text) => Some(text),
-            _ => None,
-        }))
-    }
-
-    /// A non-negative integer, also when sent as a decimal string; anything else is None.
-    pub fn number<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
-        de.deserialize_any(Lenient(|value: Scalar<'de>| match value {
-            Scalar::Unsigned(n) => Some(n),
-            Scalar::Text(text) => text.trim().parse().ok(),
-            _ => None,
-        }))
-    }
-
-    pub enum Scalar<'de> {
-        Text(Cow<'de, str>),
-        Unsigned(u64),
-        Other,
-    }
-
-    struct Lenient<F>(F);
-
-    impl<'de, T, F: FnOnce(Scalar<'de>) -> Option<T>> Visitor<'de> for Lenient<F> {
-        type Value = Option<T>;
-
-        fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-            formatter.write_str("any JSON value")
-        }
-
-        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-            Ok((self.0)(Scalar::Text(Cow::Borrowed(v))))
-        }
-
-        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-            Ok((self.0)(Scalar::Text(Cow::Owned(v.to_owned()))))
-        }
-
-        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-            Ok((self.0)(Scalar::Text(Cow::Owned(v))))
-        }
-
-        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-            Ok((self.0)(Scalar::Unsigned(v)))
-        }
-
-        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(u64::try_from(v)
-                .ok()
-                .and_then(|v| (self.0)(Scalar::Unsigned(v))))
-        }
-
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok((self.0)(Scalar::Other))
-        }
-
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok((self.0)(Scalar::Other))
-        }
-
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_none<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(None)
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-            Ok(None)
-        }
-    }
 }
 
 #[cfg(test)]
