@@ -228,10 +228,18 @@ pub async fn run(
         max_devices_per_user: config.push.max_devices_per_user,
         push,
     });
+    let lean_ingest = config.ingest.secret.clone().map(|secret| {
+        Arc::new(http::lean_ingest::LeanIngest {
+            pipeline: state.pipeline.clone(),
+            secret,
+            max_body_bytes: config.http.max_body_bytes,
+        })
+    });
     let router = http::router(state, config.http.max_body_bytes, &config.http.cors_origins);
     tracker.spawn(http::serve::serve(
         listeners.http,
         router,
+        lean_ingest,
         cancel.clone(),
         tracker.clone(),
     ));

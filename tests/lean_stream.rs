@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::{DEADLINE, TestApp, metric};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use common::raw::Raw;
+use common::{TestApp, metric};
+use tokio::io::AsyncWriteExt;
 
 /// A MessageNew datagram for `user` at mail modseq `mail`.
 fn datagram(user: &str, mail: u64) -> Vec<u8> {
@@ -20,73 +20,6 @@ fn datagram(user: &str, mail: u64) -> Vec<u8> {
         b"\0",
     ]
     .concat()
-}
-
-/// A client on one raw connection, keeping what it has read.
-struct Raw {
-    socket: TcpStream,
-    read: Vec<u8>,
-}
-
-impl Raw {
-    async fn connect(app: &TestApp) -> Raw {
-        let addr = app.url("").trim_start_matches("http://").to_owned();
-        Raw {
-            socket: TcpStream::connect(addr).await.expect("connect"),
-            read: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, request: &str) {
-        self.socket
-            .write_all(request.as_bytes())
-            .await
-            .expect("write");
-    }
-
-    /// Reads until `needle` has arrived; returns everything up to and including it and keeps
-    /// the rest.
-    async fn until(&mut self, needle: &str) -> String {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            if let Some(at) = find(&self.read, needle.as_bytes()) {
-                let rest = self.read.split_off(at + needle.len());
-                let got = std::mem::replace(&mut self.read, rest);
-                return String::from_utf8(got).expect("utf-8");
-            }
-            let mut buf = [0u8; 4096];
-            let n = tokio::time::timeout_at(deadline, self.socket.read(&mut buf))
-                .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "no {needle:?}; got {:?}",
-                        String::from_utf8_lossy(&self.read)
-                    )
-                })
-                .expect("read");
-            assert!(
-                n > 0,
-                "closed before {needle:?}; got {:?}",
-                String::from_utf8_lossy(&self.read)
-            );
-            self.read.extend_from_slice(&buf[..n]);
-        }
-    }
-
-    /// Reads to the end of the connection.
-    async fn read_to_close(&mut self) -> String {
-        tokio::time::timeout(DEADLINE, self.socket.read_to_end(&mut self.read))
-            .await
-            .expect("the server closes")
-            .expect("read");
-        String::from_utf8(std::mem::take(&mut self.read)).expect("utf-8")
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
 }
 
 fn stream_request(token: &str) -> String {

@@ -15,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{ApiError, HttpState, bearer};
+use super::{ApiError, HttpState, bearer, bearer_token};
+use crate::config::Secret;
 use crate::event::{self, ParseError};
 use crate::metrics::{PacketHead, Source};
 
@@ -55,9 +56,7 @@ pub async fn post(
     })?;
     // One good object, the common case: parse it once, with no split pass first. A bad one
     // takes the general path below, which reports it.
-    if first_byte(&body) == Some(b'{')
-        && let Ok(event) = single_event(&body)
-    {
+    if let Ok(event) = single_event(&body) {
         state.pipeline.dispatch(Source::Http, event);
         return Ok(Json(Accepted { accepted: 1 }).into_response());
     }
@@ -113,7 +112,7 @@ fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
         });
     };
     match bearer(headers) {
-        Some(token) if constant_time_eq(token.as_bytes(), secret.expose().as_bytes()) => Ok(()),
+        Some(token) if is_secret(secret, token) => Ok(()),
         Some(_) => Err(ApiError::Unauthorized {
             code: "ingest_unauthorized",
             message: "wrong ingest secret".into(),
@@ -125,12 +124,25 @@ fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Whether an `Authorization` value is `Bearer <ingest.secret>`.
+pub(super) fn accepts_secret(secret: &Secret, authorization: &str) -> bool {
+    bearer_token(authorization).is_some_and(|token| is_secret(secret, token))
+}
+
+fn is_secret(secret: &Secret, token: &str) -> bool {
+    constant_time_eq(token.as_bytes(), secret.expose().as_bytes())
+}
+
 fn first_byte(body: &[u8]) -> Option<u8> {
     body.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
 
-/// A body that is one JSON object, parsed as an event.
-fn single_event(body: &[u8]) -> Result<event::Event, ParseError> {
+/// A body that is one JSON object, parsed as an event; the fast path of both this handler and
+/// [`super::lean_ingest`]. An error here is not the reply: the general path reports it.
+pub(super) fn single_event(body: &[u8]) -> Result<event::Event, ParseError> {
+    if first_byte(body) != Some(b'{') {
+        return Err(ParseError::Json("not a single object".into()));
+    }
     let text = std::str::from_utf8(body).map_err(|err| ParseError::Json(err.to_string()))?;
     event::from_json(text.to_owned())
 }

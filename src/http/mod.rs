@@ -10,6 +10,7 @@ pub mod cors;
 pub mod devices;
 pub mod events;
 pub mod ingest;
+pub mod lean_ingest;
 pub mod serve;
 pub mod status;
 
@@ -274,8 +275,12 @@ pub fn request_token<'a>(
 
 /// The credentials of an `Authorization: Bearer` header.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
+    bearer_token(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 

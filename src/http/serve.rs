@@ -8,10 +8,13 @@
 //! extensions. When the handler leaves its feed there, the listener writes the response head,
 //! drops every buffer, and from then on writes each frame straight to the socket: one write per
 //! frame, nothing held while idle. Every other request, and every later request on a
-//! connection hyper serves, goes to hyper with the bytes already read put back in front.
+//! connection hyper serves, goes to hyper with the bytes already read put back in front; a
+//! connection that starts with `POST /ingest` goes to [`super::lean_ingest`], which does the
+//! same with anything it does not serve itself.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::events::LeanStream;
+use super::lean_ingest::{self, LeanIngest};
 use crate::stream::Feed;
 
 /// The largest request head the lean path reads; a longer one goes to hyper, which refuses it.
@@ -39,14 +43,21 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest error body the lean path writes (they are small JSON objects).
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
+/// The path producers post events to.
+const INGEST_PATH: &str = "/ingest";
+
 /// The paths whose successful responses are EventSource streams.
 const STREAM_PATHS: &[&str] = &["/events", "/jmap/eventsource"];
 
 /// Accepts connections until `cancel` fires; each one is a task on `tracker`, so shutdown can
 /// wait for every stream's goodbye frame and every request in flight.
+///
+/// `ingest`, when `POST /ingest` is on, lets connections whose first request is one be served by
+/// [`super::lean_ingest`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    ingest: Option<Arc<LeanIngest>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -72,6 +83,7 @@ pub async fn serve(
         tracker.spawn(connection(
             socket,
             router.clone(),
+            ingest.clone(),
             cancel.clone(),
             tracker.clone(),
         ));
@@ -88,10 +100,12 @@ fn is_per_connection(err: &io::Error) -> bool {
     )
 }
 
-/// Serves one connection: a stream request on the lean path, anything else through hyper.
+/// Serves one connection: a stream request on the lean path, ingest requests on theirs,
+/// anything else through hyper.
 async fn connection(
     mut socket: TcpStream,
     router: Router,
+    ingest: Option<Arc<LeanIngest>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -101,8 +115,11 @@ async fn connection(
         read = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket, &mut head)) => read,
     };
     let request = match read {
-        Ok(Ok(Some(request))) => request,
-        Ok(Ok(None)) => {
+        Ok(Ok(First::Stream(request))) => *request,
+        Ok(Ok(First::Ingest)) if let Some(ingest) = ingest => {
+            return Box::pin(lean_ingest::serve(socket, head, ingest, router, cancel)).await;
+        }
+        Ok(Ok(First::Ingest | First::Hyper)) => {
             return Box::pin(with_hyper(socket, Bytes::from(head), router, cancel)).await;
         }
         // Gone or silent before a whole head: nothing to answer.
@@ -127,13 +144,19 @@ async fn connection(
     }
 }
 
-/// Reads the first request head. Returns the request when the lean path serves it, None when
-/// hyper should (other paths and methods, request bodies, malformed or oversized heads); `head`
-/// then holds every byte read, for hyper to read again.
-async fn read_head(
-    socket: &mut TcpStream,
-    head: &mut Vec<u8>,
-) -> io::Result<Option<Request<Body>>> {
+/// Where a connection's first request goes.
+enum First {
+    /// A stream request, for the lean stream writer.
+    Stream(Box<Request<Body>>),
+    /// `POST /ingest`, for [`lean_ingest`] (which hands anything unusual to hyper).
+    Ingest,
+    /// Everything else: other paths and methods, request bodies, malformed or oversized heads.
+    Hyper,
+}
+
+/// Reads the first request head and says where it goes. Unless it is a stream, `head` then
+/// holds every byte read, for the next reader to read again.
+async fn read_head(socket: &mut TcpStream, head: &mut Vec<u8>) -> io::Result<First> {
     use tokio::io::AsyncReadExt;
     loop {
         if socket.read_buf(head).await? == 0 {
@@ -145,20 +168,28 @@ async fn read_head(
     }
 }
 
-/// What the head read so far decides: Some(request) for the lean path, Some(None) for hyper,
-/// None while more of the head is needed. A plain function, so that the parser's header array
-/// lives on the stack for this call only and never in the connection's task.
-fn decide(head: &[u8]) -> Option<Option<Request<Body>>> {
+/// What the head read so far decides, or None while more of it is needed. A plain function,
+/// so that the parser's header array lives on the stack for this call only and never in the
+/// connection's task.
+fn decide(head: &[u8]) -> Option<First> {
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut parsed = httparse::Request::new(&mut headers);
     match parsed.parse(head) {
-        Ok(httparse::Status::Complete(_)) => Some(lean_request(&parsed)),
+        Ok(httparse::Status::Complete(_)) if parsed.path == Some(INGEST_PATH) => {
+            Some(First::Ingest)
+        }
+        Ok(httparse::Status::Complete(_)) => Some(
+            lean_request(&parsed).map_or(First::Hyper, |request| First::Stream(Box::new(request))),
+        ),
         Ok(httparse::Status::Partial)
-            if parsed.path.is_none_or(is_stream_path) && head.len() < MAX_HEAD_BYTES =>
+            if parsed
+                .path
+                .is_none_or(|path| is_stream_path(path) || path == INGEST_PATH)
+                && head.len() < MAX_HEAD_BYTES =>
         {
             None
         }
-        Ok(httparse::Status::Partial) | Err(_) => Some(None),
+        Ok(httparse::Status::Partial) | Err(_) => Some(First::Hyper),
     }
 }
 
@@ -289,7 +320,12 @@ fn client_went(socket: &TcpStream) -> bool {
 
 /// Serves the connection with hyper, the bytes already read first; shutdown lets the request in
 /// flight finish and closes the connection.
-async fn with_hyper(socket: TcpStream, read: Bytes, router: Router, cancel: CancellationToken) {
+pub(super) async fn with_hyper(
+    socket: TcpStream,
+    read: Bytes,
+    router: Router,
+    cancel: CancellationToken,
+) {
     let io = TokioIo::new(Rewound { read, socket });
     let connection = hyper::server::conn::http1::Builder::new()
         .serve_connection(io, TowerToHyperService::new(router));

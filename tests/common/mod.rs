@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mock;
+pub mod raw;
 pub mod server;
 pub mod smtp;
 pub mod sse;
