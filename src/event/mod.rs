@@ -58,7 +58,7 @@ pub struct Event {
     /// fields not typed here.
     pub raw: Option<Box<str>>,
     /// The notify packet header and non-JSON body (SIEVE, MAIL), when the event came as one.
-    pub notification: Option<Notification>,
+    pub notification: Option<Box<Notification>>,
 }
 
 /// The event types mailpush tells apart. Names compare case-insensitively, because Dovecot

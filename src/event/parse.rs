@@ -88,7 +88,7 @@ pub fn from_notification(mut notification: Notification) -> Result<Event, ParseE
             packet_user,
         ),
     };
-    event.notification = Some(notification);
+    event.notification = Some(Box::new(notification));
     Ok(event)
 }
 
