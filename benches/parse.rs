@@ -5,6 +5,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mailpush::event::{self, packet};
 use mailpush::route::route;
 
+/// The allocator the binary runs with (src/main.rs), so the figure is the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A real MessageNew from Cyrus 3.6 with every extra parameter on (1.6 KB).
 const MESSAGE_NEW: &[u8] = include_bytes!("../tests/fixtures/cyrus/008-MessageNew.bin");
 /// A MailboxModseq with `vnd.fastmail.counters` (FastMail's parameter set).

@@ -115,12 +115,16 @@ fn leading_number(text: &str) -> Option<u32> {
     text[..digits].parse().ok()
 }
 
+/// Where `needle` starts in `haystack`, ASCII case ignored. The needles here start with
+/// punctuation, which has no case, so candidates are found with `memchr`.
 fn find_ignore_case(haystack: &str, needle: &str) -> Option<usize> {
-    let needle = needle.as_bytes();
-    haystack
-        .as_bytes()
-        .windows(needle.len())
-        .position(|window| window.eq_ignore_ascii_case(needle))
+    let (haystack, needle) = (haystack.as_bytes(), needle.as_bytes());
+    debug_assert!(!needle[0].is_ascii_alphabetic());
+    memchr::memchr_iter(needle[0], haystack).find(|&at| {
+        haystack
+            .get(at..at + needle.len())
+            .is_some_and(|window| window.eq_ignore_ascii_case(needle))
+    })
 }
 
 #[cfg(test)]
