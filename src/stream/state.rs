@@ -236,11 +236,18 @@ impl StateHub {
         reached
     }
 
-    /// One tick of the shared keepalive clock: wakes every user with open streams, and each
-    /// stream that wrote nothing since the last tick writes a comment. Touching the cells that
-    /// streams wait on anyway means a stream waits on one thing only.
+    /// A keepalive tick for every user with open streams: each stream that wrote nothing since
+    /// the last tick writes a comment. Touching the cells that streams wait on anyway means a
+    /// stream waits on one thing only.
     pub fn beat(&self) {
-        for cell in self.cells_with_streams() {
+        self.beat_slice(0, 1);
+    }
+
+    /// A keepalive tick for the users in one of `slices` fixed slices (by a hash of the user
+    /// name). The clock beats one slice at a time, so a period's comments are spread over the
+    /// period instead of all written at once, which would hold up the events of that moment.
+    pub fn beat_slice(&self, slice: u64, slices: u64) {
+        for cell in self.cells_with_streams(|user| slice_of(user, slices) == slice) {
             cell.send_modify(|cell| cell.beats += 1);
         }
     }
@@ -257,17 +264,17 @@ impl StateHub {
         }
     }
 
-    /// The cells someone waits on, taken out of the lock so that waking them does not hold up
-    /// `apply`.
-    fn cells_with_streams(&self) -> Vec<cell::Sender<Cell>> {
+    /// The cells someone waits on whose user is `chosen`, taken out of the lock so that
+    /// waking them does not hold up `apply`.
+    fn cells_with_streams(&self, chosen: impl Fn(&str) -> bool) -> Vec<cell::Sender<Cell>> {
         let users = self
             .users
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         users
-            .values()
-            .filter(|cell| cell.receiver_count() > 0)
-            .cloned()
+            .iter()
+            .filter(|(user, cell)| cell.receiver_count() > 0 && chosen(user))
+            .map(|(_, cell)| cell.clone())
             .collect()
     }
 
@@ -300,6 +307,13 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// The keepalive slice of a user: a fixed hash, so a user's cell is beaten once per period
+/// whatever else changes in the map.
+fn slice_of(user: &str, slices: u64) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(user) % slices
 }
 
 #[cfg(test)]
@@ -425,7 +439,7 @@ mod tests {
         assert!(alice.receiver.has_changed());
         assert_eq!(alice.receiver.borrow_and_update().beats, 1);
         assert_eq!(
-            hub.cells_with_streams().len(),
+            hub.cells_with_streams(|_| true).len(),
             1,
             "not the user nobody watches"
         );
