@@ -39,6 +39,9 @@ pub struct LeanIngest {
 /// The largest request head read here; a longer one goes to hyper.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
+/// The most room an idle connection's read buffer keeps.
+const KEPT_BUFFER_BYTES: usize = 16 * 1024;
+
 /// The reply to one accepted event, as the axum handler words it, around the `date` value.
 const ACCEPTED_HEAD: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 14\r\ndate: ";
@@ -77,6 +80,10 @@ pub async fn serve(
         if hand_over {
             let read = Bytes::from(buf);
             return Box::pin(super::serve::with_hyper(socket, read, router, cancel)).await;
+        }
+        if buf.is_empty() && buf.capacity() > KEPT_BUFFER_BYTES {
+            // A large body came and went: do not keep its room for the connection's life.
+            buf = Vec::with_capacity(KEPT_BUFFER_BYTES);
         }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(8 * 1024);

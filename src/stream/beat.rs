@@ -4,9 +4,9 @@
 //! rearm after every frame. Instead one task beats the cells of users that have streams
 //! ([`StateHub::beat_slice`]); a stream that wrote nothing since the previous beat then writes
 //! a comment. An idle stream thus gets one comment per interval and is never silent for two.
-//! The users are split into [`SLICES`] fixed slices and the clock beats one slice per
-//! `interval / SLICES`: with 100,000 streams, beating all at once would mean 100,000 writes in
-//! one burst, and every event arriving meanwhile would wait for them. At shutdown the same task
+//! The users are split into [`SLICES`] fixed slices ([`super::cells`]) and the clock beats one
+//! slice per `interval / SLICES`: with 100,000 streams, beating all at once would mean 100,000
+//! writes in one burst, and every event arriving meanwhile would wait for them. At shutdown the same task
 //! closes every cell, and each stream writes its goodbye: a stream waits on its cell and
 //! nothing else.
 
@@ -16,10 +16,8 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use super::cells::SLICES;
 use super::state::StateHub;
-
-/// How many slices one keepalive interval's beats are spread over.
-pub const SLICES: u64 = 16;
 
 /// Beats each slice of the hub once every `period` until `cancel`, then closes every stream.
 pub async fn run(hub: Arc<StateHub>, period: Duration, cancel: CancellationToken) {
@@ -31,7 +29,7 @@ pub async fn run(hub: Arc<StateHub>, period: Duration, cancel: CancellationToken
         tokio::select! {
             () = cancel.cancelled() => break,
             _ = interval.tick() => {
-                hub.beat_slice(slice, SLICES);
+                hub.beat_slice(slice);
                 slice = (slice + 1) % SLICES;
             }
         }
@@ -72,7 +70,7 @@ mod tests {
         assert_eq!(first_beats.len(), users.len(), "every user beaten");
         let slices_used: std::collections::BTreeSet<_> = first_beats.values().collect();
         assert!(
-            slices_used.len() > SLICES as usize / 2,
+            slices_used.len() > users.len() / 2,
             "spread over the period: {slices_used:?}"
         );
         cancel.cancel();

@@ -7,6 +7,7 @@
 
 pub mod beat;
 pub mod cell;
+pub mod cells;
 pub mod feed;
 pub mod jmap;
 pub mod legacy;

@@ -7,7 +7,6 @@
 //! processes never move a client backwards. Calendar reminders ride in the same cell (the last
 //! few of them), so a user costs one channel whatever their connections wait for.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::cell;
+use super::cells::{Cells, SLICES};
 use crate::route::StateChange;
 
 /// A user's modseqs as web clients see them.
@@ -59,7 +59,7 @@ pub enum SubscribeError {
 /// Every user's state cell, and the connection caps.
 pub struct StateHub {
     /// The cells. A std mutex: every critical section is a map lookup with no `.await`.
-    users: Mutex<HashMap<Box<str>, cell::Sender<Cell>>>,
+    users: Mutex<Cells>,
     /// Set by [`StateHub::close_streams`]; cells made afterwards start closed.
     closing: AtomicBool,
     connections: Arc<AtomicUsize>,
@@ -139,7 +139,7 @@ impl StateHub {
     /// An empty hub with the configured connection caps.
     pub fn new(max_connections: usize, max_connections_per_user: usize) -> StateHub {
         StateHub {
-            users: Mutex::new(HashMap::new()),
+            users: Mutex::new(Cells::default()),
             closing: AtomicBool::new(false),
             connections: Arc::new(AtomicUsize::new(0)),
             max_connections,
@@ -169,7 +169,7 @@ impl StateHub {
                 let mut cell = self.new_cell();
                 let moved = raise(&mut cell);
                 if moved {
-                    users.insert(user.into(), cell::Sender::new(cell));
+                    users.insert(user, cell);
                 }
                 moved
             }
@@ -195,9 +195,7 @@ impl StateHub {
             .users
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let cell = users
-            .entry(user.into())
-            .or_insert_with(|| cell::Sender::new(self.new_cell()));
+        let cell = users.get_or_insert_with(user, || self.new_cell());
         if cell.receiver_count() >= self.max_connections_per_user {
             return Err(SubscribeError::UserLimit);
         }
@@ -240,14 +238,13 @@ impl StateHub {
     /// the last tick writes a comment. Touching the cells that streams wait on anyway means a
     /// stream waits on one thing only.
     pub fn beat(&self) {
-        self.beat_slice(0, 1);
+        (0..SLICES).for_each(|slice| self.beat_slice(slice));
     }
 
-    /// A keepalive tick for the users in one of `slices` fixed slices (by a hash of the user
-    /// name). The clock beats one slice at a time, so a period's comments are spread over the
-    /// period instead of all written at once, which would hold up the events of that moment.
-    pub fn beat_slice(&self, slice: u64, slices: u64) {
-        for cell in self.cells_with_streams(|user| slice_of(user, slices) == slice) {
+    /// A keepalive tick for one slice of the users ([`super::cells`]): the clock beats one
+    /// slice at a time, so a period's comments are spread over the period.
+    pub fn beat_slice(&self, slice: usize) {
+        for cell in self.cells_with_streams(slice) {
             cell.send_modify(|cell| cell.beats += 1);
         }
     }
@@ -259,22 +256,23 @@ impl StateHub {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.closing.store(true, Ordering::Release);
-        for cell in users.values() {
+        for cell in users.all() {
             cell.send_modify(|cell| cell.closing = true);
         }
     }
 
-    /// The cells someone waits on whose user is `chosen`, taken out of the lock so that
-    /// waking them does not hold up `apply`.
-    fn cells_with_streams(&self, chosen: impl Fn(&str) -> bool) -> Vec<cell::Sender<Cell>> {
+    /// The cells of a slice that someone waits on, taken out of the lock so that waking them
+    /// does not hold up `apply`.
+    fn cells_with_streams(&self, slice: usize) -> Vec<cell::Sender<Cell>> {
         let users = self
             .users
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         users
+            .slice(slice)
             .iter()
-            .filter(|(user, cell)| cell.receiver_count() > 0 && chosen(user))
-            .map(|(_, cell)| cell.clone())
+            .filter(|cell| cell.receiver_count() > 0)
+            .cloned()
             .collect()
     }
 
@@ -307,13 +305,6 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// The keepalive slice of a user: a fixed hash, so a user's cell is beaten once per period
-/// whatever else changes in the map.
-fn slice_of(user: &str, slices: u64) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(user) % slices
 }
 
 #[cfg(test)]
@@ -439,7 +430,9 @@ mod tests {
         assert!(alice.receiver.has_changed());
         assert_eq!(alice.receiver.borrow_and_update().beats, 1);
         assert_eq!(
-            hub.cells_with_streams(|_| true).len(),
+            (0..SLICES)
+                .map(|slice| hub.cells_with_streams(slice).len())
+                .sum::<usize>(),
             1,
             "not the user nobody watches"
         );

@@ -1,0 +1,97 @@
+//! The user cells, by user and by keepalive slice.
+//!
+//! The keepalive clock beats one slice of users at a time, spread over the interval, so that
+//! a period's comments never go out in one burst (at 100,000 streams that would be 100,000
+//! writes, and the events arriving meanwhile would wait behind them). Keeping each slice's
+//! cells in a list of its own means a beat visits only its slice, however fine the slicing.
+//! Cells are never removed (a user's state outlives their connections), so the lists only grow.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+
+use super::cell::Sender;
+use super::state::Cell;
+
+/// How many slices the users are split into; the clock beats one per `interval / SLICES`.
+pub const SLICES: usize = 256;
+
+/// Every user's cell, found by user name or by slice.
+pub struct Cells {
+    by_user: HashMap<Box<str>, Sender<Cell>>,
+    by_slice: Vec<Vec<Sender<Cell>>>,
+}
+
+impl Default for Cells {
+    fn default() -> Self {
+        Cells {
+            by_user: HashMap::new(),
+            by_slice: vec![Vec::new(); SLICES],
+        }
+    }
+}
+
+impl Cells {
+    /// The user's cell, if they have one.
+    pub fn get(&self, user: &str) -> Option<&Sender<Cell>> {
+        self.by_user.get(user)
+    }
+
+    /// The user's cell, made with `make` if they have none.
+    pub fn get_or_insert_with(&mut self, user: &str, make: impl FnOnce() -> Cell) -> &Sender<Cell> {
+        if !self.by_user.contains_key(user) {
+            self.insert(user, make());
+        }
+        &self.by_user[user]
+    }
+
+    /// Adds a cell for a user who has none.
+    pub fn insert(&mut self, user: &str, cell: Cell) {
+        let sender = Sender::new(cell);
+        self.by_slice[slice_of(user)].push(sender.clone());
+        self.by_user.insert(user.into(), sender);
+    }
+
+    /// Every cell.
+    pub fn all(&self) -> impl Iterator<Item = &Sender<Cell>> {
+        self.by_user.values()
+    }
+
+    /// The cells of one slice (`slice < SLICES`).
+    pub fn slice(&self, slice: usize) -> &[Sender<Cell>] {
+        &self.by_slice[slice]
+    }
+}
+
+/// A user's slice: a fixed hash of the name, so the user is beaten once per interval.
+fn slice_of(user: &str) -> usize {
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(user);
+    (hash % SLICES as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cell_is_in_one_slice_and_users_spread() {
+        let mut cells = Cells::default();
+        for n in 0..1000 {
+            let user = format!("user{n}");
+            cells.insert(&user, Cell::default());
+            assert!(cells.get(&user).is_some());
+        }
+        cells.get_or_insert_with("user7", || panic!("user7 has a cell"));
+        cells.get_or_insert_with("newcomer", Cell::default);
+        let sizes: Vec<usize> = (0..SLICES).map(|s| cells.slice(s).len()).collect();
+        assert_eq!(
+            sizes.iter().sum::<usize>(),
+            1001,
+            "each cell in exactly one slice"
+        );
+        assert_eq!(cells.all().count(), 1001);
+        assert!(
+            sizes.iter().all(|&size| size <= 16),
+            "no slice holds many more than 1000/256: {sizes:?}"
+        );
+    }
+}
