@@ -141,43 +141,77 @@ fn read_wire(text: &str) -> Result<WireEvent<'_>, JsonError> {
     let mut wire = WireEvent::default();
     let mut seen = 0u16;
     reader.object(|reader, key| {
-        let (bit, field) = match key.as_ref() {
-            "event" => (0, &mut wire.event),
-            "uri" => (1, &mut wire.uri),
-            "user" => (2, &mut wire.user),
-            "userId" => (3, &mut wire.user_id),
-            "calendarOwner" => (4, &mut wire.calendar_owner),
-            "serverFQDN" => (5, &mut wire.server_fqdn),
-            "vnd.cmu.mbtype" => (6, &mut wire.mbtype),
-            "vnd.fastmail.counters" => (7, &mut wire.counters),
-            other => {
-                let (bit, result) = match other {
-                    "modseq" => (8, reader.unsigned().map(|n| wire.modseq = n)),
-                    "messages" => (9, reader.unsigned().map(|n| wire.messages = n)),
-                    "vnd.cmu.unseenMessages" => (10, reader.unsigned().map(|n| wire.unseen = n)),
-                    "vnd.cmu.envelope" => (11, reader.raw().map(|raw| wire.envelope = Some(raw))),
-                    "vnd.fastmail.jmapEmail" => {
-                        (12, read_jmap_email(reader).map(|e| wire.jmap_email = e))
-                    }
-                    _ => return reader.skip(),
-                };
-                return first_time(reader, &mut seen, bit).and(result);
-            }
+        let Some(field) = Field::from_key(&key) else {
+            return reader.skip();
         };
-        first_time(reader, &mut seen, bit)?;
-        *field = reader.text()?;
+        first_time(reader, &mut seen, field)?;
+        match field {
+            Field::Event => wire.event = reader.text()?,
+            Field::Uri => wire.uri = reader.text()?,
+            Field::User => wire.user = reader.text()?,
+            Field::UserId => wire.user_id = reader.text()?,
+            Field::CalendarOwner => wire.calendar_owner = reader.text()?,
+            Field::ServerFqdn => wire.server_fqdn = reader.text()?,
+            Field::MbType => wire.mbtype = reader.text()?,
+            Field::Counters => wire.counters = reader.text()?,
+            Field::Modseq => wire.modseq = reader.unsigned()?,
+            Field::Messages => wire.messages = reader.unsigned()?,
+            Field::Unseen => wire.unseen = reader.unsigned()?,
+            Field::Envelope => wire.envelope = Some(reader.raw()?),
+            Field::JmapEmail => wire.jmap_email = read_jmap_email(reader)?,
+        }
         Ok(())
     })?;
     reader.end()?;
     Ok(wire)
 }
 
+/// The keys of [`WireEvent`]; the discriminant is the key's bit in the duplicate check.
+#[derive(Clone, Copy)]
+enum Field {
+    Event,
+    Uri,
+    User,
+    UserId,
+    CalendarOwner,
+    ServerFqdn,
+    MbType,
+    Counters,
+    Modseq,
+    Messages,
+    Unseen,
+    Envelope,
+    JmapEmail,
+}
+
+impl Field {
+    fn from_key(key: &str) -> Option<Field> {
+        Some(match key {
+            "event" => Field::Event,
+            "uri" => Field::Uri,
+            "user" => Field::User,
+            "userId" => Field::UserId,
+            "calendarOwner" => Field::CalendarOwner,
+            "serverFQDN" => Field::ServerFqdn,
+            "vnd.cmu.mbtype" => Field::MbType,
+            "vnd.fastmail.counters" => Field::Counters,
+            "modseq" => Field::Modseq,
+            "messages" => Field::Messages,
+            "vnd.cmu.unseenMessages" => Field::Unseen,
+            "vnd.cmu.envelope" => Field::Envelope,
+            "vnd.fastmail.jmapEmail" => Field::JmapEmail,
+            _ => return None,
+        })
+    }
+}
+
 /// Marks a known key as read; the second time it is an error.
-fn first_time(reader: &Reader<'_>, seen: &mut u16, bit: u8) -> Result<(), JsonError> {
-    if *seen & (1 << bit) != 0 {
+fn first_time(reader: &Reader<'_>, seen: &mut u16, field: Field) -> Result<(), JsonError> {
+    let bit = 1 << field as u16;
+    if *seen & bit != 0 {
         return Err(reader.error("duplicate key"));
     }
-    *seen |= 1 << bit;
+    *seen |= bit;
     Ok(())
 }
 

@@ -150,10 +150,7 @@ impl StateHub {
     /// Raises a user's state and wakes their connections if it moved; returns whether it did.
     /// Never waits: this runs on the ingest path.
     pub fn apply(&self, user: &str, change: &StateChange) -> bool {
-        let mut users = self
-            .users
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut users = self.cells();
         let now = std::time::Instant::now();
         let raise = |cell: &mut Cell| {
             let moved = cell.state.raise(change);
@@ -178,10 +175,7 @@ impl StateHub {
 
     /// The user's current state (all zero when nothing is known).
     pub fn current(&self, user: &str) -> UserState {
-        let users = self
-            .users
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let users = self.cells();
         users
             .get(user)
             .map(|cell| cell.borrow().state)
@@ -191,10 +185,7 @@ impl StateHub {
     /// Opens a connection's view of the user's cell, within the caps.
     pub fn subscribe(&self, user: &str) -> Result<Subscription, SubscribeError> {
         let slot = self.take_slot()?;
-        let mut users = self
-            .users
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut users = self.cells();
         let cell = users.get_or_insert_with(user, || self.new_cell());
         if cell.receiver_count() >= self.max_connections_per_user {
             return Err(SubscribeError::UserLimit);
@@ -215,10 +206,7 @@ impl StateHub {
     /// Writes a one-off frame to every open stream of `user`; returns how many there were. A
     /// user with no open stream gets nothing: a reminder is now or never.
     pub fn remind(&self, user: &str, frame: Bytes) -> usize {
-        let users = self
-            .users
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let users = self.cells();
         let Some(cell) = users.get(user) else {
             return 0;
         };
@@ -251,10 +239,7 @@ impl StateHub {
 
     /// Ends every stream, now and to come: each writes its goodbye (`retry:`) and closes.
     pub fn close_streams(&self) {
-        let users = self
-            .users
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let users = self.cells();
         self.closing.store(true, Ordering::Release);
         for cell in users.all() {
             cell.send_modify(|cell| cell.closing = true);
@@ -264,16 +249,21 @@ impl StateHub {
     /// The cells of a slice that someone waits on, taken out of the lock so that waking them
     /// does not hold up `apply`.
     fn cells_with_streams(&self, slice: usize) -> Vec<cell::Sender<Cell>> {
-        let users = self
-            .users
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let users = self.cells();
         users
             .slice(slice)
             .iter()
             .filter(|cell| cell.receiver_count() > 0)
             .cloned()
             .collect()
+    }
+
+    /// The cells, locked. A panic elsewhere while holding the lock left them consistent (every
+    /// critical section is one map operation), so a poisoned lock is taken as it is.
+    fn cells(&self) -> std::sync::MutexGuard<'_, Cells> {
+        self.users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn new_cell(&self) -> Cell {
