@@ -145,8 +145,19 @@ pub async fn run(
         cancel.clone(),
     );
     let job_written = Arc::new(tokio::sync::Notify::new());
+    let spool = notify::spool::Spool::open(
+        &config.storage.data_dir.join("spool"),
+        config.notify.spool_max_bytes,
+        metrics.clone(),
+    )
+    .with_context(|| {
+        format!(
+            "cannot open the job spool in {}",
+            config.storage.data_dir.join("spool").display()
+        )
+    })?;
     let jobs = notify::enqueue::spawn(
-        config.notify.queue_capacity,
+        spool,
         store.clone(),
         metrics.clone(),
         job_written.clone(),

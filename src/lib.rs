@@ -16,7 +16,8 @@
 //!   axum router: EventSource endpoints, `POST /ingest`, devices, health, metrics, status.
 //! - [`store`]: the database (SQLite or PostgreSQL): registered devices.
 //! - [`push`]: device pushes to APNs and FCM, on a bounded queue; the in-memory device cache.
-//! - [`notify`]: the blocking path: durable jobs, workers, email (lettre) and SMS.
+//! - [`job`]: the job model, the one shape a job has from `route` to the workers.
+//! - [`notify`]: the blocking path: the job spool, durable jobs, workers, email (lettre) and SMS.
 //! - [`auth`]: client tokens; the only module that sees the token secret.
 //! - [`config`], [`metrics`], [`backoff`] (retry timing), [`app`] (start-up and shutdown).
 
@@ -27,6 +28,7 @@ pub mod config;
 pub mod event;
 pub mod http;
 pub mod ingest;
+pub mod job;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;

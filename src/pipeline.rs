@@ -3,14 +3,15 @@
 //!
 //! Every listener calls [`Pipeline::dispatch`] from its receive loop, so it must never wait:
 //! state updates are a map lookup and a `watch` send, device pushes go on a bounded queue that
-//! drops rather than blocks, and jobs go to the batching writer's bounded channel the same way:
-//! never an `.await` here.
+//! drops rather than blocks, and jobs are appended to the spool (one `write`, no wait for the
+//! database): never an `.await` here.
 
 use std::sync::Arc;
 
 use crate::event::{Event, ParseError};
 use crate::metrics::{Metrics, Source};
 use crate::notify::JobHandle;
+use crate::notify::spool::Ticket;
 use crate::push::PushHandle;
 use crate::route::{Action, route};
 use crate::stream::StateHub;
@@ -39,8 +40,9 @@ impl Pipeline {
         }
     }
 
-    /// Counts, routes and applies one event. Never blocks.
-    pub fn dispatch(&self, source: Source, event: Event) {
+    /// Counts, routes and applies one event. Never blocks. When the event made jobs, the
+    /// ticket of the last one says what [`Pipeline::wait_durable`] waits for.
+    pub fn dispatch(&self, source: Source, event: Event) -> Option<Ticket> {
         self.metrics
             .event_received(source, event.kind.label(), event.slot.as_deref());
         tracing::debug!(
@@ -50,6 +52,7 @@ impl Pipeline {
             slot = event.slot.as_deref().unwrap_or("-"),
             "event received"
         );
+        let mut ticket = None;
         for action in route(&event) {
             match action {
                 Action::UpdateState { user, change } => {
@@ -58,15 +61,29 @@ impl Pipeline {
                     }
                 }
                 Action::Push(request) => self.push.enqueue(request),
-                Action::Job(request) => self.jobs.enqueue(request),
+                Action::Job(request) => ticket = self.jobs.enqueue(request).or(ticket),
                 Action::Reminder(reminder) => {
                     let streams = self
                         .hub
                         .remind(&reminder.user, crate::stream::reminder::encode(&reminder));
                     tracing::debug!(user = %reminder.user, streams, "calendar reminder");
                 }
+                Action::Refused {
+                    user,
+                    reason,
+                    count,
+                } => {
+                    self.metrics.limit_reached(reason, count);
+                    tracing::warn!(user = %user, reason, count, "part of an event refused");
+                }
             }
         }
+        ticket
+    }
+
+    /// Waits until the jobs up to `ticket` are synced to disk, for listeners that acknowledge.
+    pub async fn wait_durable(&self, ticket: Ticket) {
+        self.jobs.wait_durable(ticket).await;
     }
 
     /// Counts a packet that could not be read and keeps its first bytes for the status page;

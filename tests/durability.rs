@@ -218,3 +218,76 @@ async fn jobs_wait_for_a_relay_that_is_down_and_die_when_it_never_comes() {
     assert!(row.contains("sieve_email") && row.contains("SMTP"), "{row}");
     drop(server);
 }
+
+/// Jobs in the `mailpush jobs` listing, whatever their state.
+fn jobs_listed(dir: &Path, env: &[(&str, String)]) -> usize {
+    let (status, listing, stderr) = run_command(dir, env, &["jobs", "--limit", "100000"]);
+    assert_eq!(status, 0, "{stderr}");
+    listing.lines().count().saturating_sub(1)
+}
+
+/// The datagrams that can wait unread in a Unix datagram socket's queue before a sender
+/// blocks: `net.unix.max_dgram_qlen`, plus the one the kernel lets past the bound.
+fn kernel_queue() -> usize {
+    std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen")
+        .ok()
+        .and_then(|text| text.trim().parse::<usize>().ok())
+        .unwrap_or(10)
+        + 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_then_kill_9_keeps_every_job_that_was_read() {
+    const BURST: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = SmtpSink::start();
+    // Nothing is sent during the test: only what reaches the queue is counted.
+    smtp.hold(Hold::Data);
+    let env = env(dir.path(), &smtp.url()).await;
+    // Every event read is logged (before its job is spooled), to count what was read.
+    let mut first_env = env.clone();
+    first_env.push(("RUST_LOG", "info,mailpush::pipeline=debug".to_owned()));
+    let first = Server::start(dir.path(), &first_env, &["serve"]);
+    let socket = dir.path().join("notify.sock");
+    // Blocking sends, as Cyrus's: each returns once the datagram is in the socket's queue;
+    // the kill comes right after the last one, with the queue full.
+    for n in 0..BURST {
+        common::send_datagram(&socket, &mailto(n as u32 + 10_000));
+    }
+    let log = first.log.clone();
+    first.kill();
+
+    let second = Server::start(dir.path(), &env, &["serve"]);
+    let metrics_url = second.url("/metrics");
+    let metrics = || async {
+        let response = common::client().get(&metrics_url).send().await.unwrap();
+        response.text().await.unwrap()
+    };
+    wait_until("the spool drained", || async {
+        let text = metrics().await;
+        common::metric(&text, "mailpush_job_spool_bytes") == 0.0
+            && common::metric(&text, "mailpush_jobs_total{outcome=\"queued\"}") > 0.0
+    })
+    .await;
+    // By now the first process's log has been read to its end.
+    let read = log.lock().unwrap().matches("event received").count();
+    let kept = jobs_listed(dir.path(), &env);
+    eprintln!(
+        "kill -9 after a burst of {BURST}: {read} read, {kept} jobs after the restart \
+         (the kernel's queue holds {})",
+        kernel_queue()
+    );
+    // Every event read was spooled, but the one in hand at the kill, if its line was not out.
+    assert!(kept + 1 >= read, "{read} events read, {kept} jobs kept");
+    assert!(kept <= read && kept <= BURST);
+    // What was lost was never read: the kernel's queue, and at most one in hand.
+    assert!(
+        kept + kernel_queue() + 1 >= BURST,
+        "{kept} jobs kept of {BURST}"
+    );
+    assert!(
+        !metrics().await.contains("outcome=\"unreadable_in_spool\""),
+        "no line was torn"
+    );
+    drop(second);
+}

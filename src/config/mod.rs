@@ -206,8 +206,9 @@ pub struct NotifyConfig {
     pub retry_base_ms: u64,
     /// How long a claimed job is leased: a job whose worker died runs again after this.
     pub lease_secs: u64,
-    /// Jobs waiting to be written to the database; past this, new jobs are dropped and counted.
-    pub queue_capacity: usize,
+    /// Bytes of jobs the spool holds while they wait for the database (an outage fills it);
+    /// past this, new jobs are refused, counted and logged.
+    pub spool_max_bytes: u64,
     /// Sender address of notification emails.
     pub from: String,
     /// Folder of `templates/<kind>/<lang>.{subject,txt,html}.j2`.
@@ -344,7 +345,7 @@ impl Default for NotifyConfig {
             max_attempts: 8,
             retry_base_ms: 30_000,
             lease_secs: 120,
-            queue_capacity: 10_000,
+            spool_max_bytes: 1 << 30,
             from: "mailpush@localhost".into(),
             templates_dir: PathBuf::from("templates"),
             smtp: SmtpConfig::default(),

@@ -148,7 +148,7 @@ impl Config {
             ("notify.workers", notify.workers as u64),
             ("notify.max_attempts", u64::from(notify.max_attempts)),
             ("notify.lease_secs", notify.lease_secs),
-            ("notify.queue_capacity", notify.queue_capacity as u64),
+            ("notify.spool_max_bytes", notify.spool_max_bytes),
         ] {
             if value == 0 {
                 return fail(key, "must be at least 1");

@@ -57,7 +57,9 @@ pub async fn post(
     // One good object, the common case: parse it once, with no split pass first. A bad one
     // takes the general path below, which reports it.
     if let Ok(event) = single_event(&body) {
-        state.pipeline.dispatch(Source::Http, event);
+        if let Some(ticket) = state.pipeline.dispatch(Source::Http, event) {
+            state.pipeline.wait_durable(ticket).await;
+        }
         return Ok(Json(Accepted { accepted: 1 }).into_response());
     }
     let events = split_body(&body).map_err(|err| {
@@ -69,11 +71,12 @@ pub async fn post(
     })?;
     let total = events.len();
     let mut errors = Vec::new();
+    let mut ticket = None;
     for (index, raw) in events.into_iter().enumerate() {
         let text = String::from(Box::<str>::from(raw));
         let (size, head) = (text.len(), PacketHead::new(text.as_bytes()));
         match event::from_json(text) {
-            Ok(event) => state.pipeline.dispatch(Source::Http, event),
+            Ok(event) => ticket = state.pipeline.dispatch(Source::Http, event).or(ticket),
             Err(err) => {
                 state
                     .pipeline
@@ -85,6 +88,10 @@ pub async fn post(
                 });
             }
         }
+    }
+    if let Some(ticket) = ticket {
+        // Accepted means on disk, for the events that made jobs.
+        state.pipeline.wait_durable(ticket).await;
     }
     let accepted = total - errors.len();
     if errors.is_empty() {

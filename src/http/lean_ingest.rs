@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::ingest::{accepts_secret, single_event};
 use crate::config::Secret;
 use crate::metrics::Source;
+use crate::notify::spool::Ticket;
 use crate::pipeline::Pipeline;
 
 /// What the fast path needs to accept an event on its own.
@@ -69,7 +70,11 @@ pub async fn serve(
 ) {
     let mut replies = Vec::with_capacity(ACCEPTED_HEAD.len() + 64);
     loop {
-        let (answered, hand_over) = answer_buffered(&buf, &ingest, &mut replies);
+        let (answered, hand_over, ticket) = answer_buffered(&buf, &ingest, &mut replies);
+        if let Some(ticket) = ticket {
+            // "accepted" means on disk for an event that made jobs, as on every other path.
+            ingest.pipeline.wait_durable(ticket).await;
+        }
         if !replies.is_empty() {
             if socket.write_all(&replies).await.is_err() {
                 return;
@@ -104,10 +109,15 @@ pub async fn serve(
 }
 
 /// Accepts every whole request at the front of `buf` that the fast path serves, appending each
-/// reply to `replies`. Returns how many bytes were answered, and whether the request after them
-/// is hyper's.
-fn answer_buffered(buf: &[u8], ingest: &LeanIngest, replies: &mut Vec<u8>) -> (usize, bool) {
+/// reply to `replies`. Returns how many bytes were answered, whether the request after them
+/// is hyper's, and the spool ticket of the last job they made.
+fn answer_buffered(
+    buf: &[u8],
+    ingest: &LeanIngest,
+    replies: &mut Vec<u8>,
+) -> (usize, bool, Option<Ticket>) {
     let mut answered = 0;
+    let mut ticket = None;
     loop {
         let rest = &buf[answered..];
         match next_request(rest, &ingest.secret, ingest.max_body_bytes) {
@@ -116,18 +126,27 @@ fn answer_buffered(buf: &[u8], ingest: &LeanIngest, replies: &mut Vec<u8>) -> (u
                 // otherwise (a batch, a bad event) goes to it.
                 let body = &rest[head..head + body];
                 let Ok(event) = single_event(body) else {
-                    return (answered, true);
+                    return (answered, true, ticket);
                 };
-                ingest.pipeline.dispatch(Source::Http, event);
+                ticket = ingest.pipeline.dispatch(Source::Http, event).or(ticket);
                 replies.extend_from_slice(ACCEPTED_HEAD);
                 with_date(|date| replies.extend_from_slice(date));
                 replies.extend_from_slice(ACCEPTED_TAIL);
                 answered += head + body.len();
             }
-            Next::Ingest { .. } | Next::More => return (answered, false),
-            Next::Hyper => return (answered, true),
+            Next::Ingest { .. } | Next::More => return (answered, false, ticket),
+            Next::Hyper => return (answered, true, ticket),
         }
     }
+}
+
+/// A `Content-Length` value: digits only (RFC 9110 §8.6), so `+5` or ` 5` go to hyper, which
+/// refuses them, rather than being read as 5.
+fn content_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Reads the request head at the front of `buf`. A plain function, so the parser's header
@@ -154,9 +173,7 @@ fn next_request(buf: &[u8], secret: &Secret, max_body_bytes: usize) -> Next {
             if length.is_some() {
                 return Next::Hyper;
             }
-            length = std::str::from_utf8(field.value)
-                .ok()
-                .and_then(|n| n.parse::<usize>().ok());
+            length = content_length(field.value);
         } else if name.eq_ignore_ascii_case("authorization") {
             // As axum reads it: the first one counts.
             if authorized.is_none() {

@@ -60,7 +60,8 @@ pub async fn run(
             continue;
         }
         match event::packet::from_datagram(&buffer[..size]).and_then(event::from_notification) {
-            Ok(event) => pipeline.dispatch(Source::Cyrus, event),
+            // A job it made is in the spool's page cache now: a crash from here on keeps it.
+            Ok(event) => drop(pipeline.dispatch(Source::Cyrus, event)),
             Err(err) => reject_log.reject(&pipeline, &err, size, &buffer[..size]),
         }
     }

@@ -85,7 +85,13 @@ async fn serve(
         match parse_record(&buffer, max_bytes) {
             Ok((notification, used)) => {
                 match event::from_notification(notification) {
-                    Ok(event) => pipeline.dispatch(Source::Dlist, event),
+                    // `OK` is a promise: an event that made jobs is acknowledged once they
+                    // are synced to disk.
+                    Ok(event) => {
+                        if let Some(ticket) = pipeline.dispatch(Source::Dlist, event) {
+                            pipeline.wait_durable(ticket).await;
+                        }
+                    }
                     Err(err) => {
                         reject_log.reject(pipeline, &err, used, &buffer[..used]);
                         let _ = stream.write_all(&no_reply(&err)).await;

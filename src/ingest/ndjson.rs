@@ -128,7 +128,7 @@ fn handle_line(
         .map_err(|_| ParseError::NotUtf8("line"))
         .and_then(event::from_json);
     match parsed {
-        Ok(event) => pipeline.dispatch(Source::Ndjson, event),
+        Ok(event) => drop(pipeline.dispatch(Source::Ndjson, event)),
         Err(err) => reject_log.reject(pipeline, &err, size, head.as_slice()),
     }
 }

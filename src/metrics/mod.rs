@@ -106,6 +106,8 @@ pub struct Metrics {
     pushes: Family<PushLabels, Counter>,
     push_queue: Gauge,
     jobs: Family<OutcomeLabels, Counter>,
+    job_spool_bytes: Gauge,
+    limits_reached: Family<LimitLabels, Counter>,
     job_latency: Histogram,
     eventsource_latency: Histogram,
     push_latency: Family<ProviderLabels, Histogram, fn() -> Histogram>,
@@ -125,6 +127,11 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
 }
 
 /// Values read from their owners when metrics are rendered.
@@ -206,6 +213,18 @@ impl Metrics {
             "Jobs of the blocking path by outcome (queued, duplicate, dropped, sent, retried, dead, no_credit)",
             jobs.clone(),
         );
+        let job_spool_bytes = Gauge::default();
+        registry.register(
+            "job_spool_bytes",
+            "Bytes of jobs in the spool not yet written to the database",
+            job_spool_bytes.clone(),
+        );
+        let limits_reached = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "limits_reached",
+            "Times a bound was reached, by limit: each one refuses, closes or slows something (README, Budgets)",
+            limits_reached.clone(),
+        );
         let job_latency = Histogram::new(exponential_buckets(0.01, 2.0, 18));
         registry.register(
             "job_latency_seconds",
@@ -232,6 +251,8 @@ impl Metrics {
             pushes,
             push_queue,
             jobs,
+            job_spool_bytes,
+            limits_reached,
             job_latency,
             events_received,
             slot_events,
@@ -309,6 +330,26 @@ impl Metrics {
     pub fn job_outcome(&self, outcome: &'static str) {
         self.totals.job(outcome);
         self.jobs.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Counts `count` things refused, closed or slowed because `limit` was reached.
+    pub fn limit_reached(&self, limit: &'static str, count: usize) {
+        self.limits_reached
+            .get_or_create(&LimitLabels { limit })
+            .inc_by(count as u64);
+    }
+
+    /// How many times `limit` was reached so far (for tests and the status page).
+    pub fn limit_count(&self, limit: &'static str) -> u64 {
+        self.limits_reached
+            .get_or_create(&LimitLabels { limit })
+            .get()
+    }
+
+    /// Sets the bytes waiting in the job spool.
+    pub fn job_spool_bytes(&self, bytes: u64) {
+        self.job_spool_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// The histogram a feed records its delivery latency in.

@@ -11,11 +11,12 @@ use lettre::message::header::{Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
 use percent_encoding::percent_decode_str;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::SendError;
 use super::render::{Templates, ical_when};
 use super::smtp::SmtpRelay;
+use crate::job::Alarm;
 
 /// Where emails go.
 pub enum MailTransport {
@@ -106,33 +107,6 @@ impl Header for Importance {
     }
 }
 
-/// The fields of Cyrus's CalendarAlarm event that the email shows.
-#[derive(Debug, Deserialize)]
-struct Alarm {
-    #[serde(default)]
-    summary: String,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    location: String,
-    #[serde(default)]
-    timezone: String,
-    #[serde(default)]
-    start: String,
-    #[serde(default)]
-    end: String,
-    #[serde(default, rename = "allDay")]
-    all_day: u8,
-    #[serde(default, rename = "calendarName")]
-    calendar: String,
-    #[serde(default, rename = "attendeeNames")]
-    attendee_names: Vec<String>,
-    #[serde(default, rename = "attendeeEmails")]
-    attendee_emails: Vec<String>,
-    #[serde(default, rename = "attendeeStatus")]
-    attendee_status: Vec<String>,
-}
-
 /// What the alarm templates see.
 #[derive(Serialize)]
 struct AlarmContext<'a> {
@@ -166,11 +140,9 @@ pub fn alarm_email(
     envelope: &Envelope<'_>,
     recipient: &str,
     lang: &str,
-    alarm_json: &str,
+    alarm: &Alarm,
     templates: &Templates,
 ) -> Result<Message, SendError> {
-    let alarm: Alarm = serde_json::from_str(alarm_json)
-        .map_err(|err| SendError::Permanent(format!("alarm payload: {err}")))?;
     let attendees = alarm
         .attendee_emails
         .iter()
@@ -189,7 +161,7 @@ pub fn alarm_email(
         start: ical_when(&alarm.start, lang),
         end: ical_when(&alarm.end, lang),
         all_day: alarm.all_day == 1,
-        calendar: &alarm.calendar,
+        calendar: &alarm.calendar_name,
         attendees,
     };
     let render = |part: &str| {

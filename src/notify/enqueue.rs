@@ -1,96 +1,162 @@
-//! The batching writer: jobs arrive from the ingest path over a bounded channel and are
-//! inserted a batch per transaction. Ingest never waits: when the channel is full the job is
-//! dropped and counted. A database outage delays the batch (retried with backoff, held in
-//! memory) but loses nothing while the process runs.
+//! The batching writer: jobs arrive in the [`Spool`], appended by the receive loop that read
+//! their event, and are inserted from there a batch per transaction. Ingest never waits on the
+//! database: a job is on disk before its loop reads the next packet, and a database outage of
+//! any length only lets the spool grow (retried with backoff; nothing is held in memory but
+//! the batch in hand).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{new_job, now_ms};
+use super::new_job;
+use super::now_ms;
+use super::spool::{Spool, SpoolBatch, SpoolReader, Ticket};
+use crate::job::JobRequest;
 use crate::metrics::Metrics;
-use crate::route::JobRequest;
 use crate::store::{NewJob, Store};
 
 /// The most jobs inserted in one transaction.
 const BATCH: usize = 256;
+/// The longest wait between two attempts to write a batch while the database is away.
+const MAX_RETRY: Duration = Duration::from_secs(5);
 
 /// What the pipeline holds to hand jobs over.
 #[derive(Clone)]
 pub struct JobHandle {
-    sender: mpsc::Sender<JobRequest>,
+    spool: Arc<Spool>,
     metrics: Arc<Metrics>,
 }
 
 impl JobHandle {
-    /// Queues a job for writing. Never waits; a full queue drops the job and counts it.
-    pub fn enqueue(&self, request: JobRequest) {
-        if let Err(err) = self.sender.try_send(request) {
-            let (request, why) = match err {
-                mpsc::error::TrySendError::Full(request) => (request, "job writer queue full"),
-                mpsc::error::TrySendError::Closed(request) => (request, "shutting down"),
-            };
-            self.metrics.job_outcome("dropped");
-            tracing::error!(user = %request.user, key = %request.key, why, "job dropped");
+    /// Spools a job: one `write` to the page cache, no other wait. A job that cannot be spooled
+    /// (the spool is full, the disk fails) is dropped, counted and logged; the ticket says
+    /// which job to wait for with [`JobHandle::wait_durable`].
+    pub fn enqueue(&self, request: JobRequest) -> Option<Ticket> {
+        match self.spool.append(&request) {
+            Ok(ticket) => Some(ticket),
+            Err(err) => {
+                self.metrics.job_outcome("dropped");
+                if matches!(err, super::spool::SpoolError::Full { .. }) {
+                    self.metrics.limit_reached("job_spool_full", 1);
+                }
+                self.spool.log_refusal(&request.user, &err);
+                None
+            }
         }
+    }
+
+    /// Waits until the job is synced to disk (for acknowledgements such as `dlist:`'s).
+    pub async fn wait_durable(&self, ticket: Ticket) {
+        self.spool.wait_durable(ticket).await;
     }
 }
 
-/// Starts the writer; `written` wakes the workers after each batch.
+/// Starts the writer and the spool's syncer; `written` wakes the workers after each batch.
 pub fn spawn(
-    capacity: usize,
+    (spool, reader): (Arc<Spool>, SpoolReader),
     store: Store,
     metrics: Arc<Metrics>,
     written: Arc<Notify>,
     tracker: &tokio_util::task::TaskTracker,
     shutdown: CancellationToken,
 ) -> JobHandle {
-    let (sender, receiver) = mpsc::channel(capacity.max(1));
-    tracker.spawn(run(receiver, store, metrics.clone(), written, shutdown));
-    JobHandle { sender, metrics }
+    tracker.spawn(spool.clone().run_syncer(shutdown.clone()));
+    tracker.spawn(run(
+        spool.clone(),
+        reader,
+        store,
+        metrics.clone(),
+        written,
+        shutdown,
+    ));
+    JobHandle { spool, metrics }
 }
 
+/// Drains the spool into the database until shutdown, and at shutdown as far as the database
+/// takes it in the grace period: what is left is read at the next start.
 async fn run(
-    mut receiver: mpsc::Receiver<JobRequest>,
+    spool: Arc<Spool>,
+    mut reader: SpoolReader,
     store: Store,
     metrics: Arc<Metrics>,
     written: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let mut batch: Vec<NewJob> = Vec::with_capacity(BATCH);
     loop {
-        let first = tokio::select! {
-            first = receiver.recv() => first,
-            // At shutdown, stop taking new jobs but write what has arrived.
-            () = shutdown.cancelled() => {
-                receiver.close();
-                receiver.recv().await
+        let (returned, read) = read_batch(spool.clone(), reader).await;
+        reader = returned;
+        let batch = match read {
+            Ok(batch) => batch,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the job spool; trying again in 1 s");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = shutdown.cancelled() => return,
+                }
             }
         };
-        let Some(first) = first else { return };
-        let mut requests = vec![first];
-        while requests.len() < BATCH {
-            match receiver.try_recv() {
-                Ok(request) => requests.push(request),
-                Err(_) => break,
-            }
+        if !batch.is_empty() && !write_batch(&batch, &store, &metrics, &shutdown).await {
+            // Shutting down with the database away: the spool keeps the batch.
+            return;
         }
-        for request in requests {
-            if triggered_by_auto_submitted(&request).await {
-                metrics.job_outcome("skipped_auto_submitted");
-                tracing::info!(user = %request.user, "no notification about an auto-submitted message");
-                continue;
-            }
-            batch.push(new_job(request));
+        if batch.moves()
+            && let Err(err) = reader.commit(&spool, &batch)
+        {
+            tracing::error!(error = %err, "cannot move the job spool's cursor; jobs may be read again");
         }
-        if batch.is_empty() {
+        if !batch.is_empty() {
+            written.notify_waiters();
             continue;
         }
-        write(&store, &mut batch, &metrics).await;
-        written.notify_waiters();
+        if batch.moves() {
+            continue;
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+        tokio::select! {
+            () = spool.appended() => {}
+            // Receive loops stop at shutdown; one more pass writes what they spooled last.
+            () = shutdown.cancelled() => {}
+        }
     }
+}
+
+async fn read_batch(
+    spool: Arc<Spool>,
+    mut reader: SpoolReader,
+) -> (SpoolReader, std::io::Result<SpoolBatch>) {
+    let read = tokio::task::spawn_blocking(move || {
+        let batch = reader.read_batch(&spool, BATCH);
+        (reader, batch)
+    })
+    .await;
+    match read {
+        Ok(read) => read,
+        // The closure does not panic on any input; a panic here is a bug worth dying for.
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// Writes one batch (auto-submitted triggers left out); false if shutdown came first.
+async fn write_batch(
+    batch: &SpoolBatch,
+    store: &Store,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut rows: Vec<NewJob> = Vec::with_capacity(batch.requests.len());
+    for request in &batch.requests {
+        if triggered_by_auto_submitted(request).await {
+            metrics.job_outcome("skipped_auto_submitted");
+            tracing::info!(user = %request.user, "no notification about an auto-submitted message");
+            continue;
+        }
+        rows.push(new_job(request.clone()));
+    }
+    rows.is_empty() || write(store, &rows, metrics, shutdown).await
 }
 
 /// Whether the message that triggered a notification says `Auto-Submitted` (anything but
@@ -134,26 +200,33 @@ fn auto_submitted(message: &str) -> bool {
     })
 }
 
-/// Inserts the batch, retrying until the database takes it.
-async fn write(store: &Store, batch: &mut Vec<NewJob>, metrics: &Metrics) {
+/// Inserts the rows, retrying until the database takes them; false if shutdown came first.
+async fn write(
+    store: &Store,
+    rows: &[NewJob],
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> bool {
     let mut delay = Duration::from_millis(100);
     loop {
-        match store.insert_jobs(batch, now_ms()).await {
+        match store.insert_jobs(rows, now_ms()).await {
             Ok(inserted) => {
-                let replayed = batch.len() as u64 - inserted;
+                let replayed = rows.len() as u64 - inserted;
                 for _ in 0..inserted {
                     metrics.job_outcome("queued");
                 }
                 for _ in 0..replayed {
                     metrics.job_outcome("duplicate");
                 }
-                batch.clear();
-                return;
+                return true;
             }
             Err(err) => {
-                tracing::error!(error = %err, jobs = batch.len(), retry_in = ?delay, "cannot write jobs; will retry");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+                tracing::error!(error = %err, jobs = rows.len(), retry_in = ?delay, "cannot write jobs; they wait in the spool");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return false,
+                }
+                delay = (delay * 2).min(MAX_RETRY);
             }
         }
     }

@@ -1,8 +1,9 @@
 //! The blocking path: jobs that need the database or outgoing mail (calendar-alarm email,
 //! Sieve notify email and SMS), kept in a durable queue and sent by a pool of workers.
 //!
-//! `route` says what to send; [`JobHandle::enqueue`] hands it to a batching writer
-//! ([`enqueue`]) without waiting, so ingestion never waits on the database. Workers
+//! `route` says what to send; [`JobHandle::enqueue`] appends it to the [`spool`] before the
+//! receive loop reads on, and a batching writer ([`enqueue`]) moves it into the jobs table, so
+//! ingestion never waits on the database and a crash loses no job it had read. Workers
 //! ([`worker`]) claim due jobs, look up the recipient, render ([`render`]) and send by email
 //! ([`email`] over [`smtp`]) or SMS ([`sms`]), then mark the job done, retry it later, or bury
 //! it as dead. The [`journal`] keeps a crash between the relay's acceptance and the job's
@@ -15,35 +16,15 @@ pub mod journal;
 pub mod render;
 pub mod sms;
 pub mod smtp;
+pub mod spool;
 pub mod worker;
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 pub use enqueue::JobHandle;
 
-use crate::route::{JobRequest, Work};
+use crate::job::JobRequest;
 use crate::store::NewJob;
-
-/// A job's stored payload: the [`Work`] in a form that survives restarts and upgrades.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Payload {
-    Sms {
-        number: Option<String>,
-        text: String,
-    },
-    SieveEmail {
-        uri: String,
-        message: String,
-        importance: String,
-    },
-    AlarmEmail {
-        recipient: String,
-        alarm: String,
-    },
-}
 
 /// Why a send failed, classified once by the transport.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,43 +37,12 @@ pub enum SendError {
     Permanent(String),
 }
 
-impl Payload {
-    /// The `jobs.kind` column for this payload.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Payload::Sms { .. } => crate::store::jobs::SMS_KIND,
-            Payload::SieveEmail { .. } => "sieve_email",
-            Payload::AlarmEmail { .. } => "alarm_email",
-        }
-    }
-}
-
-impl From<Work> for Payload {
-    fn from(work: Work) -> Payload {
-        match work {
-            Work::Sms { number, text } => Payload::Sms { number, text },
-            Work::SieveEmail {
-                uri,
-                message,
-                importance,
-            } => Payload::SieveEmail {
-                uri,
-                message,
-                importance,
-            },
-            Work::AlarmEmail { recipient, alarm } => Payload::AlarmEmail { recipient, alarm },
-        }
-    }
-}
-
 /// Turns a routed job into a row to insert.
 pub fn new_job(request: JobRequest) -> NewJob {
-    let payload = Payload::from(request.work);
     NewJob {
         user_id: request.user,
-        kind: payload.kind().to_owned(),
-        // Serialising plain strings and options cannot fail.
-        payload: serde_json::to_string(&payload).unwrap_or_default(),
+        kind: request.work.kind().to_owned(),
+        payload: request.work.to_payload(),
         key: request.key,
     }
 }

@@ -15,9 +15,10 @@ use super::email::{Envelope, MailTransport, alarm_email, sieve_email};
 use super::journal::DeliveryJournal;
 use super::render::Templates;
 use super::sms::{SmsTransport, squeeze};
-use super::{Payload, SendError, now_ms};
+use super::{SendError, now_ms};
 use crate::backoff::{RetryPolicy, random_fraction};
 use crate::config::NotifyConfig;
+use crate::job::Work;
 use crate::metrics::Metrics;
 use crate::store::{Claim, Job, Store};
 
@@ -261,14 +262,14 @@ impl Workers {
 
     async fn send(&self, job: &Job) -> Result<(), SendError> {
         let templates = self.current_templates();
-        let payload: Payload = serde_json::from_str(&job.payload)
+        let work = Work::from_payload(&job.payload)
             .map_err(|err| SendError::Permanent(format!("unreadable payload: {err}")))?;
         let envelope = Envelope {
             from: &self.from,
             message_id: format!("<mailpush.job{}@{}>", job.id, self.domain),
         };
-        match payload {
-            Payload::AlarmEmail { recipient, alarm } => {
+        match work {
+            Work::AlarmEmail { recipient, alarm } => {
                 let user = self
                     .store
                     .user(&job.user_id)
@@ -280,7 +281,7 @@ impl Workers {
                     .send(message, || self.journal.record(job.id, job.attempts))
                     .await
             }
-            Payload::SieveEmail {
+            Work::SieveEmail {
                 uri,
                 message,
                 importance,
@@ -290,7 +291,7 @@ impl Workers {
                     .send(message, || self.journal.record(job.id, job.attempts))
                     .await
             }
-            Payload::Sms { number, text } => {
+            Work::Sms { number, text } => {
                 let number = match number {
                     Some(number) => number,
                     None => self

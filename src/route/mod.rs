@@ -2,10 +2,12 @@
 //!
 //! `route` never does I/O, reads no clock and takes no lock, and it never fails on a parsed
 //! event: an event that matters to nobody routes to no action. Actions are live-state updates
-//! for web clients and device pushes; slow jobs will be a further variant of [`Action`], so
-//! that each consumer stays a plain `match`.
+//! for web clients, device pushes, jobs for the blocking path and reminders, each a variant of
+//! [`Action`], so that each consumer stays a plain `match`.
 
 mod notify;
+
+pub use crate::job::{JobRequest, Work};
 
 use crate::event::{Event, Kind, MailboxType};
 
@@ -20,6 +22,14 @@ pub enum Action {
     Job(JobRequest),
     /// A calendar reminder to show now on the owner's open EventSource streams.
     Reminder(Reminder),
+    /// Part of the event was not acted on because it is over a bound; counted and logged.
+    Refused {
+        user: String,
+        /// A metric label: why.
+        reason: &'static str,
+        /// How many of the things it asked for were left out.
+        count: usize,
+    },
 }
 
 /// A `display` calendar alarm, for clients that are open (no queue: it is now or never).
@@ -36,37 +46,6 @@ pub struct Reminder {
     /// The iCalendar UID of the event.
     pub uid: String,
     pub alarm_time: String,
-}
-
-/// A job for the durable queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobRequest {
-    /// The user the job is for (whose language, number and credit apply).
-    pub user: String,
-    /// The file holding the message that triggered a notification email (lmtpd's staging
-    /// copy), checked for `Auto-Submitted` before the job is queued (RFC 5436 loop prevention).
-    pub trigger: Option<String>,
-    /// The same event always yields the same key, so a replay sends nothing twice.
-    pub key: String,
-    pub work: Work,
-}
-
-/// What a job does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Work {
-    /// A text message: to `number`, or to the user's stored number when None.
-    Sms {
-        number: Option<String>,
-        text: String,
-    },
-    /// A Sieve `mailto` notification (RFC 5436): `uri` is the mailto URI without its scheme.
-    SieveEmail {
-        uri: String,
-        message: String,
-        importance: String,
-    },
-    /// A calendar alarm email to one recipient; `alarm` is Cyrus's CalendarAlarm JSON.
-    AlarmEmail { recipient: String, alarm: String },
 }
 
 /// A push for every device of a user; each provider shapes it into its own payload.

@@ -4,6 +4,7 @@
 
 use super::{Action, JobRequest, PushKind, PushRequest, Reminder, Work};
 use crate::event::{Event, Kind};
+use crate::job::Alarm;
 
 /// The Sieve rule: `mailto` (and Cyrus's default method, whose option is an address) becomes an
 /// email job; `sms` (legacy, number in the options), `sms:` and `tel:` URIs become SMS jobs.
@@ -81,35 +82,12 @@ pub(super) fn sieve_job(event: &Event) -> Option<JobRequest> {
     })
 }
 
-/// The fields of Cyrus's CalendarAlarm event that routing needs.
-#[derive(serde::Deserialize)]
-struct Alarm {
-    #[serde(default)]
-    action: String,
-    #[serde(default, rename = "alarmRecipients")]
-    recipients: Vec<String>,
-    #[serde(default, rename = "calendarId")]
-    calendar: String,
-    #[serde(default, rename = "calendarName")]
-    calendar_name: String,
-    #[serde(default)]
-    uid: String,
-    #[serde(default, rename = "recurrenceId")]
-    recurrence: String,
-    #[serde(default, rename = "alarmTime")]
-    time: String,
-    #[serde(default)]
-    summary: String,
-    #[serde(default)]
-    start: String,
-    #[serde(default)]
-    end: String,
-    #[serde(default)]
-    timezone: String,
-    #[serde(default)]
-    location: String,
-}
+/// Recipients one `email` alarm may mail. Cyrus takes them from the VALARM's attendees, a
+/// handful at most; a longer list is someone using mailpush as a relay, and the rest are left
+/// out (counted as `alarm_recipients_over_cap`).
+pub const MAX_ALARM_RECIPIENTS: usize = 20;
 
+/// Reads Cyrus's CalendarAlarm JSON: the one place it is parsed.
 fn calendar_alarm(event: &Event) -> Option<Alarm> {
     if event.kind != Kind::CalendarAlarm {
         return None;
@@ -124,37 +102,36 @@ pub(super) fn alarm_actions(event: &Event) -> Vec<Action> {
     let (Some(alarm), Some(user)) = (calendar_alarm(event), event.owner.as_ref()) else {
         return Vec::new();
     };
-    if alarm.action == "display" {
-        let reminder = Reminder {
-            user: user.clone(),
-            summary: alarm.summary.clone(),
-            start: alarm.start.clone(),
-            end: alarm.end,
-            timezone: alarm.timezone,
-            location: alarm.location,
-            calendar: if alarm.calendar_name.is_empty() {
-                alarm.calendar
-            } else {
-                alarm.calendar_name
-            },
-            uid: alarm.uid,
-            alarm_time: alarm.time,
-        };
-        let push = PushRequest {
-            user: user.clone(),
-            kind: PushKind::Reminder {
-                summary: alarm.summary,
-                start: alarm.start,
-            },
-        };
-        return vec![Action::Reminder(reminder), Action::Push(push)];
+    match alarm.action.as_str() {
+        "display" => display_alarm(user, alarm),
+        "email" => email_alarm(user, alarm),
+        _ => Vec::new(),
     }
-    if alarm.action != "email" {
-        return Vec::new();
-    }
-    let Some(raw) = event.raw.as_deref() else {
-        return Vec::new();
+}
+
+fn display_alarm(user: &str, alarm: Alarm) -> Vec<Action> {
+    let reminder = Reminder {
+        user: user.to_owned(),
+        summary: alarm.summary.clone(),
+        start: alarm.start.clone(),
+        calendar: alarm.calendar_label().to_owned(),
+        end: alarm.end,
+        timezone: alarm.timezone,
+        location: alarm.location,
+        uid: alarm.uid,
+        alarm_time: alarm.alarm_time,
     };
+    let push = PushRequest {
+        user: user.to_owned(),
+        kind: PushKind::Reminder {
+            summary: alarm.summary,
+            start: alarm.start,
+        },
+    };
+    vec![Action::Reminder(reminder), Action::Push(push)]
+}
+
+fn email_alarm(user: &str, alarm: Alarm) -> Vec<Action> {
     let mut recipients: Vec<String> = alarm
         .recipients
         .iter()
@@ -165,32 +142,40 @@ pub(super) fn alarm_actions(event: &Event) -> Vec<Action> {
         })
         .collect();
     if recipients.is_empty() && user.contains('@') {
-        recipients.push(user.clone());
+        recipients.push(user.to_owned());
     }
-    recipients
-        .into_iter()
-        .map(|recipient| {
-            Action::Job(JobRequest {
-                user: user.clone(),
-                trigger: None,
-                key: format!(
-                    "alarm:{:016x}",
-                    fnv1a(&[
-                        user,
-                        &alarm.calendar,
-                        &alarm.uid,
-                        &alarm.recurrence,
-                        &alarm.time,
-                        &recipient
-                    ])
-                ),
-                work: Work::AlarmEmail {
-                    recipient,
-                    alarm: raw.to_owned(),
-                },
-            })
+    let mut actions = Vec::new();
+    if recipients.len() > MAX_ALARM_RECIPIENTS {
+        actions.push(Action::Refused {
+            user: user.to_owned(),
+            reason: "alarm_recipients_over_cap",
+            count: recipients.len() - MAX_ALARM_RECIPIENTS,
+        });
+        recipients.truncate(MAX_ALARM_RECIPIENTS);
+    }
+    let alarm = Box::new(alarm);
+    actions.extend(recipients.into_iter().map(|recipient| {
+        Action::Job(JobRequest {
+            user: user.to_owned(),
+            trigger: None,
+            key: format!(
+                "alarm:{:016x}",
+                fnv1a(&[
+                    user,
+                    &alarm.calendar_id,
+                    &alarm.uid,
+                    &alarm.recurrence_id,
+                    &alarm.alarm_time,
+                    &recipient
+                ])
+            ),
+            work: Work::AlarmEmail {
+                recipient,
+                alarm: alarm.clone(),
+            },
         })
-        .collect()
+    }));
+    actions
 }
 
 /// An E.164-ish number from a URI or option: visual separators dropped, parameters cut off.
@@ -357,5 +342,27 @@ mod tests {
             "no address to use"
         );
         assert!(alarm("display", r#"["mailto:a@example.test"]"#, "alice").is_empty());
+    }
+
+    #[test]
+    fn alarm_recipients_are_capped() {
+        let recipients: Vec<String> = (0..MAX_ALARM_RECIPIENTS + 7)
+            .map(|n| format!("\"mailto:r{n}@outside.test\""))
+            .collect();
+        let json = format!(
+            r#"{{"event":"CalendarAlarm","userId":"alice","uid":"e1","action":"email","alarmRecipients":[{}]}}"#,
+            recipients.join(",")
+        );
+        let actions = route(&from_json(json).unwrap());
+        let jobs = actions
+            .iter()
+            .filter(|action| matches!(action, Action::Job(_)))
+            .count();
+        assert_eq!(jobs, MAX_ALARM_RECIPIENTS);
+        assert!(actions.contains(&Action::Refused {
+            user: "alice".into(),
+            reason: "alarm_recipients_over_cap",
+            count: 7,
+        }));
     }
 }

@@ -7,6 +7,7 @@
 //! credit is taken in the claiming transaction, once per job, and only if there is credit left.
 
 use super::{Store, on_pool};
+use crate::job::SMS_KIND;
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,9 +78,6 @@ const COLUMNS: &str = "id, user_id, kind, payload, state, attempts, run_at, last
 /// The note on a job finished from the delivery journal at start-up.
 pub const DELIVERED_BEFORE_CRASH: &str =
     "handed to the relay before a crash; marked done at start-up from the delivery journal";
-
-/// The kind of job that spends SMS credit.
-pub const SMS_KIND: &str = "sms";
 
 impl JobState {
     /// The name used in the database and the CLI.
