@@ -208,11 +208,16 @@ pub async fn run(
             tracker.clone(),
         ));
     }
-    if let Some(listener) = listeners.ndjson {
+    if let (Some(listener), Some(secret)) = (listeners.ndjson, config.ingest.secret.clone()) {
+        let limits = ingest::ndjson::NdjsonLimits {
+            secret,
+            max_bytes: max_event_bytes,
+            events_per_sec: config.ingest.ndjson_max_events_per_sec,
+        };
         tracker.spawn(ingest::ndjson::run(
             listener,
             pipeline.clone(),
-            max_event_bytes,
+            limits,
             cancel.clone(),
             tracker.clone(),
         ));

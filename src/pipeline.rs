@@ -86,6 +86,11 @@ impl Pipeline {
         self.jobs.wait_durable(ticket).await;
     }
 
+    /// The metrics, for listeners that count their own refusals and limits.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Counts a packet that could not be read and keeps its first bytes for the status page;
     /// the caller logs it (rate-limited). `size` is the whole packet's, `packet` what is at hand.
     pub fn reject(&self, source: Source, error: &ParseError, size: usize, packet: &[u8]) {

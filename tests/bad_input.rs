@@ -159,7 +159,7 @@ async fn bad_ndjson_lines_are_skipped_and_the_connection_goes_on() {
         .start()
         .await;
     let mut alice = app.sse("alice").await;
-    let mut stream = std::net::TcpStream::connect(app.ndjson).expect("connect");
+    let mut stream = common::ndjson_connect(app.ndjson);
     stream.write_all(b"{not json}\n").unwrap();
     stream.write_all(b"[1,2,3]\n").unwrap();
     stream.write_all(&[b'{'; 5000]).unwrap();

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use common::server::Server;
-use common::{AUTH_SECRET, Sse, datagram_fixtures, metric};
+use common::{AUTH_SECRET, INGEST_SECRET, Sse, datagram_fixtures, metric};
 use mailpush::auth::TokenKeys;
 
 /// The state alice's client must see after each datagram fixture that moves it, written out by
@@ -89,6 +89,7 @@ fn start() -> Setup {
             dlist_socket.display().to_string(),
         ),
         ("MAILPUSH_INGEST__NDJSON_LISTEN", "127.0.0.1:0".to_owned()),
+        ("MAILPUSH_INGEST__SECRET", INGEST_SECRET.to_owned()),
         ("MAILPUSH_AUTH__SECRET", AUTH_SECRET.to_owned()),
     ];
     let server = Server::start(dir.path(), &env, &["serve"]);
@@ -281,8 +282,7 @@ async fn ndjson_events_reach_the_owner_only() {
                 .then(|| (name, notification.message.into_bytes()))
         })
         .collect();
-    let mut stream = std::net::TcpStream::connect(setup.server.ndjson.expect("ndjson address"))
-        .expect("connect ndjson");
+    let mut stream = common::ndjson_connect(setup.server.ndjson.expect("ndjson address"));
     let send_line = |bytes: &[u8]| {
         let line = if bytes.starts_with(b"mailpush\0") {
             marker_json(bytes)

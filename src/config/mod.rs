@@ -81,9 +81,13 @@ pub struct IngestConfig {
     pub cyrus_socket_group: Option<String>,
     /// Stream socket for Cyrus's `notifysocket: dlist:<path>` form; off when absent.
     pub cyrus_dlist_socket: Option<PathBuf>,
-    /// TCP address for newline-delimited JSON events; off when absent.
+    /// TCP address for newline-delimited JSON events; off when absent. Needs `secret`: a
+    /// connection's first line is `AUTH <secret>`.
     pub ndjson_listen: Option<SocketAddr>,
-    /// Bearer secret for `POST /ingest`; the endpoint answers 403 while it is absent.
+    /// Events a second one NDJSON connection may send; past that it is read no faster.
+    pub ndjson_max_events_per_sec: u32,
+    /// Shared secret of event producers: bearer token of `POST /ingest` (which answers 403
+    /// while it is absent) and the `AUTH` line of NDJSON connections.
     #[serde(deserialize_with = "optional_secret")]
     pub secret: Option<Secret>,
     /// Largest event accepted, in bytes (datagrams are further capped at 64 KiB, Cyrus's own
@@ -297,6 +301,7 @@ impl Default for IngestConfig {
             cyrus_socket_group: None,
             cyrus_dlist_socket: None,
             ndjson_listen: None,
+            ndjson_max_events_per_sec: 5_000,
             secret: None,
             max_event_bytes: 1 << 20,
         }
@@ -383,6 +388,17 @@ impl Secret {
     /// The value, for the one place that needs it (signing, comparing, connecting).
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Whether `candidate` is this secret, in time that does not depend on where they differ.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let secret = self.0.as_bytes();
+        secret.len() == candidate.len()
+            && secret
+                .iter()
+                .zip(candidate)
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
     }
 }
 

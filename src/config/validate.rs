@@ -69,6 +69,15 @@ impl Config {
                 return fail(key, "socket path must be shorter than 108 bytes");
             }
         }
+        if self.ingest.ndjson_listen.is_some() && self.ingest.secret.is_none() {
+            return fail(
+                "ingest.ndjson_listen",
+                "needs ingest.secret: NDJSON producers authenticate with it",
+            );
+        }
+        if self.ingest.ndjson_max_events_per_sec == 0 {
+            return fail("ingest.ndjson_max_events_per_sec", "must be at least 1");
+        }
         if let Some(secret) = &self.ingest.secret
             && secret.expose().len() < 16
         {

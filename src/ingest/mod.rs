@@ -12,6 +12,7 @@ pub mod dlist;
 pub mod ndjson;
 pub mod socket;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::event::ParseError;
@@ -60,5 +61,37 @@ impl RejectLog {
         );
         self.last = Some(now);
         self.suppressed = 0;
+    }
+}
+
+/// Lets a log line through at most once per interval, for refusals an attacker can repeat at
+/// will (each one is still counted).
+pub struct LogEvery {
+    start: Instant,
+    interval_ms: u64,
+    /// Milliseconds since `start` of the last line let through, or `u64::MAX` for none yet.
+    last_ms: AtomicU64,
+}
+
+impl LogEvery {
+    /// One line a second.
+    pub fn second() -> LogEvery {
+        LogEvery {
+            start: Instant::now(),
+            interval_ms: 1000,
+            last_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Whether a line may go out now.
+    pub fn ready(&self) -> bool {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if last != u64::MAX && now.saturating_sub(last) < self.interval_ms {
+            return false;
+        }
+        self.last_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 }

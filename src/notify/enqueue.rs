@@ -85,7 +85,10 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     loop {
-        let (returned, read) = read_batch(spool.clone(), reader).await;
+        let Some((returned, read)) = read_batch(spool.clone(), reader).await else {
+            // The runtime is going away; the spool keeps whatever was not written.
+            return;
+        };
         reader = returned;
         let batch = match read {
             Ok(batch) => batch,
@@ -124,19 +127,21 @@ async fn run(
     }
 }
 
+/// Reads the next batch on a blocking thread; None when the runtime shut down first.
 async fn read_batch(
     spool: Arc<Spool>,
     mut reader: SpoolReader,
-) -> (SpoolReader, std::io::Result<SpoolBatch>) {
+) -> Option<(SpoolReader, std::io::Result<SpoolBatch>)> {
     let read = tokio::task::spawn_blocking(move || {
         let batch = reader.read_batch(&spool, BATCH);
         (reader, batch)
     })
     .await;
     match read {
-        Ok(read) => read,
+        Ok(read) => Some(read),
         // The closure does not panic on any input; a panic here is a bug worth dying for.
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(_) => None,
     }
 }
 

@@ -27,6 +27,8 @@ use crate::store::{Claim, Job, Store};
 const MAX_IDLE: Duration = Duration::from_secs(15);
 /// The delivery journal's file in the data dir.
 const JOURNAL_FILE: &str = "delivery.journal";
+/// How often a worker tries again to record a job's result while the database is away.
+const RECORD_RETRY: Duration = Duration::from_millis(250);
 /// Retries never wait longer than this.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -47,6 +49,13 @@ impl TemplateReloader {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(fresh);
         Ok(())
     }
+}
+
+/// What a send came to, to record in the jobs table.
+enum Outcome {
+    Done,
+    Retry { at: i64, reason: String },
+    Dead(String),
 }
 
 /// What every worker shares.
@@ -215,13 +224,13 @@ impl Workers {
             ))),
         };
         let now = now_ms();
-        let recorded = match result {
+        let outcome = match result {
             Ok(()) => {
                 self.metrics.job_outcome("sent");
                 self.metrics.job_latency(Duration::from_millis(
                     u64::try_from(now - job.created_at).unwrap_or(0),
                 ));
-                self.store.finish_job(job.id, now).await
+                Outcome::Done
             }
             Err(SendError::Retry(reason)) if job.attempts < self.max_attempts => {
                 let delay = self.backoff(job.attempts);
@@ -233,23 +242,36 @@ impl Workers {
                     reason,
                     "job failed; will retry"
                 );
-                self.store
-                    .retry_job_at(
-                        job.id,
-                        now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
-                        &reason,
-                    )
-                    .await
+                let at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                Outcome::Retry { at, reason }
             }
             Err(SendError::Retry(reason) | SendError::Permanent(reason)) => {
                 self.metrics.job_outcome("dead");
                 tracing::warn!(job = job.id, attempts = job.attempts, reason, "job is dead");
-                self.store.bury_job(job.id, &reason, now).await
+                Outcome::Dead(reason)
             }
         };
-        if let Err(err) = recorded {
-            // The lease runs out and the job is claimed again: at-least-once.
-            tracing::error!(job = job.id, error = %err, "cannot record the job's result");
+        self.record(&job, now, &outcome).await;
+    }
+
+    /// Records what became of a job. While the database is away this keeps trying, within the
+    /// lease: a sent job left `running` would be claimed and sent again once the lease ran out.
+    async fn record(&self, job: &Job, now: i64, outcome: &Outcome) {
+        let deadline = tokio::time::Instant::now() + self.lease;
+        loop {
+            let recorded = match outcome {
+                Outcome::Done => self.store.finish_job(job.id, now).await,
+                Outcome::Retry { at, reason } => self.store.retry_job_at(job.id, *at, reason).await,
+                Outcome::Dead(reason) => self.store.bury_job(job.id, reason, now).await,
+            };
+            let Err(err) = recorded else { return };
+            if tokio::time::Instant::now() + RECORD_RETRY >= deadline {
+                // The lease runs out and the job is claimed again: at-least-once.
+                tracing::error!(job = job.id, error = %err, "cannot record the job's result");
+                return;
+            }
+            tracing::warn!(job = job.id, error = %err, "cannot record the job's result yet; retrying");
+            tokio::time::sleep(RECORD_RETRY).await;
         }
     }
 

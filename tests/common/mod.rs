@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mock;
+pub mod postgres;
 pub mod raw;
 pub mod server;
 pub mod smtp;
@@ -49,6 +50,8 @@ pub struct TestApp {
     /// The PostgreSQL URL (with its own schema) when the suite runs on PostgreSQL.
     pub database_url: Option<String>,
     pub http: SocketAddr,
+    /// The NDJSON listener's address; `0.0.0.0:0` when a test turned the ingest secret off
+    /// (NDJSON needs it).
     pub ndjson: SocketAddr,
     pub cyrus_socket: PathBuf,
     pub dlist_socket: PathBuf,
@@ -201,15 +204,21 @@ impl TestAppBuilder {
                 dlist_socket.display().to_string(),
             ),
             (
-                "MAILPUSH_INGEST__NDJSON_LISTEN".to_owned(),
-                "127.0.0.1:0".to_owned(),
-            ),
-            (
                 "MAILPUSH_INGEST__SECRET".to_owned(),
                 INGEST_SECRET.to_owned(),
             ),
             ("MAILPUSH_AUTH__SECRET".to_owned(), AUTH_SECRET.to_owned()),
         ];
+        let ingest_off = self
+            .env
+            .iter()
+            .any(|(key, value)| key == "MAILPUSH_INGEST__SECRET" && value.is_empty());
+        if !ingest_off {
+            env.push((
+                "MAILPUSH_INGEST__NDJSON_LISTEN".to_owned(),
+                "127.0.0.1:0".to_owned(),
+            ));
+        }
         let database_url = match (self.database_url, std::env::var("MAILPUSH_TEST_APP_PG_URL")) {
             (Some(url), _) => Some(url),
             (None, Ok(url)) => Some(postgres_schema(&url).await),
@@ -223,7 +232,9 @@ impl TestAppBuilder {
         let keys = TokenKeys::load(&config.auth, &config.storage.data_dir).expect("token keys");
         let listeners = Listeners::bind(&config).await.expect("bind listeners");
         let http = listeners.http_addr().expect("http addr");
-        let ndjson = listeners.ndjson_addr().expect("ndjson addr");
+        let ndjson = listeners
+            .ndjson_addr()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app::run(config, listeners, async {
             let _ = stopped.await;
@@ -302,13 +313,39 @@ pub fn send_datagram(path: &Path, bytes: &[u8]) {
     socket.send_to(bytes, path).expect("send datagram");
 }
 
+/// An NDJSON connection that has authenticated (`AUTH <INGEST_SECRET>`, answered `OK`).
+pub fn ndjson_connect(addr: SocketAddr) -> std::net::TcpStream {
+    use std::io::{BufRead, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect ndjson");
+    stream
+        .set_read_timeout(Some(DEADLINE))
+        .expect("read timeout");
+    writeln!(stream, "AUTH {INGEST_SECRET}").expect("write AUTH");
+    let mut reply = String::new();
+    std::io::BufReader::new(stream.try_clone().expect("clone"))
+        .read_line(&mut reply)
+        .expect("AUTH reply");
+    assert_eq!(reply, "OK\n", "NDJSON authentication");
+    stream
+}
+
 /// Waits until `check` returns true, polling, or panics at the deadline with `what`.
-pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+pub async fn wait_until<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    wait_until_within(what, DEADLINE, check).await;
+}
+
+/// [`wait_until`] with a deadline of its own, for waits that are long by design (catching up
+/// after an outage).
+pub async fn wait_until_within<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         if check().await {
             return;
