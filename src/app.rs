@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenKeys;
-use crate::config::Config;
+use crate::config::{Config, ConnectionsConfig};
 use crate::http::{self, HttpState};
 use crate::ingest::{self, socket::SocketAccess};
+use crate::listen::{self, ConnectionBudget};
 use crate::metrics::Metrics;
 use crate::notify::{
     self,
@@ -46,21 +47,20 @@ impl Listeners {
             mode: config.socket_mode(),
             group: config.ingest.cyrus_socket_group.clone(),
         };
-        let http = TcpListener::bind(config.http.listen)
-            .await
+        let backlog = config.connections.backlog;
+        let http = listen::bind_tcp(config.http.listen, backlog)
             .with_context(|| format!("cannot listen on http.listen {}", config.http.listen))?;
         let mut cyrus = Vec::new();
         for path in &config.ingest.cyrus_socket {
             cyrus.push((path.clone(), ingest::cyrus::bind(path, &access)?));
         }
         let dlist = match &config.ingest.cyrus_dlist_socket {
-            Some(path) => Some((path.clone(), ingest::dlist::bind(path, &access)?)),
+            Some(path) => Some((path.clone(), ingest::dlist::bind(path, &access, backlog)?)),
             None => None,
         };
         let ndjson = match config.ingest.ndjson_listen {
             Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
+                listen::bind_tcp(addr, backlog)
                     .with_context(|| format!("cannot listen on ingest.ndjson_listen {addr}"))?,
             ),
             None => None,
@@ -110,6 +110,14 @@ async fn reload_on_hangup(templates: TemplateReloader, dir: PathBuf, cancel: Can
     }
 }
 
+/// The budget for every connection, sized from the open-file limit (raised to its maximum).
+fn connection_budget(config: &ConnectionsConfig, metrics: Arc<Metrics>) -> Arc<ConnectionBudget> {
+    let file_limit = listen::raise_file_limit();
+    let max = ConnectionBudget::size(config.max, file_limit, config.reserve_fds);
+    tracing::info!(file_limit, connections = max, "connection budget");
+    ConnectionBudget::new(max, metrics)
+}
+
 /// Runs mailpush until `shutdown` completes, then drains.
 pub async fn run(
     config: Config,
@@ -128,6 +136,7 @@ pub async fn run(
         "database ready"
     );
     let metrics = Arc::new(Metrics::new());
+    let budget = connection_budget(&config.connections, metrics.clone());
     let hub = Arc::new(StateHub::new(
         config.http.max_connections,
         config.http.max_connections_per_user,
@@ -204,6 +213,7 @@ pub async fn run(
             listener,
             pipeline.clone(),
             max_event_bytes,
+            budget.clone(),
             cancel.clone(),
             tracker.clone(),
         ));
@@ -218,6 +228,7 @@ pub async fn run(
             listener,
             pipeline.clone(),
             limits,
+            budget.clone(),
             cancel.clone(),
             tracker.clone(),
         ));
@@ -243,6 +254,7 @@ pub async fn run(
         devices,
         max_devices_per_user: config.push.max_devices_per_user,
         push,
+        budget: budget.clone(),
     });
     let lean_ingest = config.ingest.secret.clone().map(|secret| {
         Arc::new(http::lean_ingest::LeanIngest {
@@ -252,10 +264,16 @@ pub async fn run(
         })
     });
     let router = http::router(state, config.http.max_body_bytes, &config.http.cors_origins);
+    let timeouts = http::serve::Timeouts {
+        idle: Duration::from_secs(config.connections.idle_secs),
+        request: Duration::from_secs(config.connections.request_secs),
+    };
     tracker.spawn(http::serve::serve(
         listeners.http,
         router,
         lean_ingest,
+        budget.clone(),
+        timeouts,
         cancel.clone(),
         tracker.clone(),
     ));

@@ -19,6 +19,7 @@
 //! - [`job`]: the job model, the one shape a job has from `route` to the workers.
 //! - [`notify`]: the blocking path: the job spool, durable jobs, workers, email (lettre) and SMS.
 //! - [`auth`]: client tokens; the only module that sees the token secret.
+//! - [`listen`]: binding, the shared accept loop and the connection budget every listener uses.
 //! - [`config`], [`metrics`], [`backoff`] (retry timing), [`app`] (start-up and shutdown).
 
 pub mod app;
@@ -29,6 +30,7 @@ pub mod event;
 pub mod http;
 pub mod ingest;
 pub mod job;
+pub mod listen;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;

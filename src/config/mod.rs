@@ -26,7 +26,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use process::{RuntimeConfig, ShutdownConfig};
+pub use process::{ConnectionsConfig, RuntimeConfig, ShutdownConfig};
 
 /// The whole configuration; each module is handed only its own section.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -39,6 +39,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub push: PushConfig,
     pub notify: NotifyConfig,
+    pub connections: ConnectionsConfig,
     pub shutdown: ShutdownConfig,
     pub runtime: RuntimeConfig,
     pub log: LogConfig,

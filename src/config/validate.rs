@@ -75,6 +75,15 @@ impl Config {
                 "needs ingest.secret: NDJSON producers authenticate with it",
             );
         }
+        for (key, value) in [
+            ("connections.idle_secs", self.connections.idle_secs),
+            ("connections.request_secs", self.connections.request_secs),
+            ("connections.backlog", u64::from(self.connections.backlog)),
+        ] {
+            if value == 0 {
+                return fail(key, "must be at least 1");
+            }
+        }
         if self.ingest.ndjson_max_events_per_sec == 0 {
             return fail("ingest.ndjson_max_events_per_sec", "must be at least 1");
         }

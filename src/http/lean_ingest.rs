@@ -19,10 +19,13 @@ use axum::Router;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::ingest::{accepts_secret, single_event};
+use super::serve::{HyperConnection, Timeouts};
 use crate::config::Secret;
+use crate::listen::Permit;
 use crate::metrics::Source;
 use crate::notify::spool::Ticket;
 use crate::pipeline::Pipeline;
@@ -59,51 +62,86 @@ enum Next {
     Hyper,
 }
 
-/// Serves `POST /ingest` requests on one connection until it closes, shutdown comes between
-/// two requests, or a request needs hyper. `buf` holds the bytes read so far.
-pub async fn serve(
-    mut socket: TcpStream,
-    mut buf: Vec<u8>,
-    ingest: Arc<LeanIngest>,
-    router: Router,
-    cancel: CancellationToken,
-) {
-    let mut replies = Vec::with_capacity(ACCEPTED_HEAD.len() + 64);
-    loop {
-        let (answered, hand_over, ticket) = answer_buffered(&buf, &ingest, &mut replies);
-        if let Some(ticket) = ticket {
-            // "accepted" means on disk for an event that made jobs, as on every other path.
-            ingest.pipeline.wait_durable(ticket).await;
-        }
-        if !replies.is_empty() {
-            if socket.write_all(&replies).await.is_err() {
-                return;
+/// A connection whose first request is `POST /ingest`.
+pub struct IngestConnection {
+    pub socket: TcpStream,
+    pub permit: Permit,
+    pub ingest: Arc<LeanIngest>,
+    pub router: Router,
+    pub timeouts: Timeouts,
+    pub cancel: CancellationToken,
+}
+
+impl IngestConnection {
+    /// Serves `POST /ingest` requests until the connection closes, shutdown comes between two
+    /// requests, or a request needs hyper. `buf` holds the bytes read so far. Between requests
+    /// the connection is idle: closed after `timeouts.idle`, or sooner if the budget needs the
+    /// room; a request begun must arrive whole within `timeouts.request`.
+    pub async fn serve(self, mut buf: Vec<u8>) {
+        let IngestConnection {
+            mut socket,
+            permit,
+            ingest,
+            router,
+            timeouts,
+            cancel,
+        } = self;
+        let close = Arc::new(Notify::new());
+        let mut replies = Vec::with_capacity(ACCEPTED_HEAD.len() + 64);
+        let mut request_started = None;
+        loop {
+            let (answered, hand_over, ticket) = answer_buffered(&buf, &ingest, &mut replies);
+            if let Some(ticket) = ticket {
+                // "accepted" means on disk for an event that made jobs, as on every other path.
+                ingest.pipeline.wait_durable(ticket).await;
             }
-            replies.clear();
-        }
-        buf.drain(..answered);
-        if hand_over {
-            let read = Bytes::from(buf);
-            return Box::pin(super::serve::with_hyper(socket, read, router, cancel)).await;
-        }
-        if buf.is_empty() && buf.capacity() > KEPT_BUFFER_BYTES {
-            // A large body came and went: do not keep its room for the connection's life.
-            buf = Vec::with_capacity(KEPT_BUFFER_BYTES);
-        }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(8 * 1024);
-        }
-        // Shutdown closes the connection between requests; a request begun is read to its end.
-        let read = if buf.is_empty() {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                read = socket.read_buf(&mut buf) => read,
+            if !replies.is_empty() {
+                if socket.write_all(&replies).await.is_err() {
+                    return;
+                }
+                replies.clear();
             }
-        } else {
-            socket.read_buf(&mut buf).await
-        };
-        if !matches!(read, Ok(n) if n > 0) {
-            return;
+            buf.drain(..answered);
+            if hand_over {
+                let connection = HyperConnection {
+                    socket,
+                    permit,
+                    router,
+                    timeouts,
+                    cancel,
+                };
+                return Box::pin(connection.serve(Bytes::from(buf))).await;
+            }
+            if buf.is_empty() && buf.capacity() > KEPT_BUFFER_BYTES {
+                // A large body came and went: do not keep its room for the connection's life.
+                buf = Vec::with_capacity(KEPT_BUFFER_BYTES);
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(8 * 1024);
+            }
+            // Shutdown and the budget close the connection between requests; a request begun
+            // is read to its end, within the request timeout.
+            let read = if buf.is_empty() {
+                request_started = None;
+                let _idle = permit.idle(&close);
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = close.notified() => return,
+                    read = tokio::time::timeout(timeouts.idle, socket.read_buf(&mut buf)) => read,
+                }
+            } else {
+                let started = *request_started.get_or_insert_with(tokio::time::Instant::now);
+                let deadline = started + timeouts.request;
+                tokio::time::timeout_at(deadline, socket.read_buf(&mut buf)).await
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                Err(_) if !buf.is_empty() => {
+                    permit.limit_reached("request_timeout");
+                    return;
+                }
+                _ => return,
+            }
         }
     }
 }

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Claims, TokenKeys};
 use crate::config::Secret;
+use crate::listen::ConnectionBudget;
 use crate::metrics::{Levels, Metrics};
 use crate::pipeline::Pipeline;
 use crate::push::{DeviceCache, PushHandle};
@@ -57,6 +58,8 @@ pub struct HttpState {
     pub max_devices_per_user: usize,
     /// The push queue, for its depth on `/metrics`.
     pub push: PushHandle,
+    /// Every listener's connections, for the gauges on `/metrics`.
+    pub budget: Arc<ConnectionBudget>,
 }
 
 /// Builds the router with every endpoint.
@@ -117,6 +120,8 @@ impl HttpState {
         Levels {
             connections: self.hub.connections(),
             push_queue: self.push.queue_len(),
+            open_connections: self.budget.open(),
+            connection_budget: self.budget.max(),
         }
     }
 }

@@ -14,7 +14,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,23 +23,22 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, Response, Version, header};
 use bytes::{Buf, Bytes};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::events::LeanStream;
 use super::lean_ingest::{self, LeanIngest};
+use crate::listen::{ConnectionBudget, Idle, Incoming, Permit, next_connection};
 use crate::stream::Feed;
 
 /// The largest request head the lean path reads; a longer one goes to hyper, which refuses it.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
-
-/// How long a new connection may take to send its first request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The largest error body the lean path writes (they are small JSON objects).
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
@@ -49,8 +49,18 @@ const INGEST_PATH: &str = "/ingest";
 /// The paths whose successful responses are EventSource streams.
 const STREAM_PATHS: &[&str] = &["/events", "/jmap/eventsource"];
 
+/// How long connections may idle and requests may take (`[connections]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Between requests on a keep-alive connection, and for a whole request head.
+    pub idle: Duration,
+    /// From a request head to its answer.
+    pub request: Duration,
+}
+
 /// Accepts connections until `cancel` fires; each one is a task on `tracker`, so shutdown can
-/// wait for every stream's goodbye frame and every request in flight.
+/// wait for every stream's goodbye frame and every request in flight. Each holds a place in
+/// `budget`; one the budget has no room for gets a 503.
 ///
 /// `ingest`, when `POST /ingest` is on, lets connections whose first request is one be served by
 /// [`super::lean_ingest`].
@@ -58,89 +68,123 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     ingest: Option<Arc<LeanIngest>>,
+    budget: Arc<ConnectionBudget>,
+    timeouts: Timeouts,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            () = cancel.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let socket = match accepted {
-            Ok((socket, _)) => socket,
-            Err(err) if is_per_connection(&err) => continue,
-            Err(err) => {
-                // Out of file descriptors, most likely: give connections time to close.
-                tracing::error!(error = %err, "cannot accept HTTP connections; retrying in 1 s");
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
+    while let Some(incoming) = next_connection(&listener, &budget, "http", &cancel).await {
+        let (socket, permit) = match incoming {
+            Incoming::Admitted(socket, permit) => (socket, permit),
+            Incoming::Refused(socket) => {
+                tracker.spawn(refuse(socket));
+                continue;
             }
         };
         // Frames are small and written whole: never let Nagle hold one back.
         let _ = socket.set_nodelay(true);
-        tracker.spawn(connection(
+        let connection = Connection {
             socket,
-            router.clone(),
-            ingest.clone(),
-            cancel.clone(),
-            tracker.clone(),
-        ));
+            permit,
+            router: router.clone(),
+            ingest: ingest.clone(),
+            timeouts,
+            cancel: cancel.clone(),
+            tracker: tracker.clone(),
+        };
+        tracker.spawn(connection.serve());
     }
 }
 
-/// Errors that concern one connection only (it was reset before it was accepted).
-fn is_per_connection(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
+/// The answer to a connection the budget has no room for.
+async fn refuse(mut socket: TcpStream) {
+    let body = br#"{"code":"over_capacity","message":"too many connections; try again shortly"}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 5\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut reply = head.into_bytes();
+    reply.extend_from_slice(body);
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.write_all(&reply)).await;
 }
 
-/// Serves one connection: a stream request on the lean path, ingest requests on theirs,
-/// anything else through hyper.
-async fn connection(
-    mut socket: TcpStream,
+/// One accepted connection and what serving it needs.
+struct Connection {
+    socket: TcpStream,
+    permit: Permit,
     router: Router,
     ingest: Option<Arc<LeanIngest>>,
+    timeouts: Timeouts,
     cancel: CancellationToken,
     tracker: TaskTracker,
-) {
-    let mut head = Vec::with_capacity(1024);
-    let read = tokio::select! {
-        () = cancel.cancelled() => return,
-        read = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket, &mut head)) => read,
-    };
-    let request = match read {
-        Ok(Ok(First::Stream(request))) => *request,
-        Ok(Ok(First::Ingest)) if let Some(ingest) = ingest => {
-            return Box::pin(lean_ingest::serve(socket, head, ingest, router, cancel)).await;
+}
+
+impl Connection {
+    /// Serves the connection: a stream request on the lean path, ingest requests on theirs,
+    /// anything else through hyper. Until its first head is read, the connection is idle: the
+    /// budget may close it for room.
+    async fn serve(self) {
+        let Connection {
+            mut socket,
+            permit,
+            router,
+            ingest,
+            timeouts,
+            cancel,
+            tracker,
+        } = self;
+        let mut head = Vec::with_capacity(1024);
+        let close = Arc::new(Notify::new());
+        let idle = permit.idle(&close);
+        let read = tokio::select! {
+            () = cancel.cancelled() => return,
+            () = close.notified() => return,
+            read = tokio::time::timeout(timeouts.idle, read_head(&mut socket, &mut head)) => read,
+        };
+        drop(idle);
+        let request = match read {
+            Ok(Ok(First::Stream(request))) => *request,
+            Ok(Ok(First::Ingest)) if let Some(ingest) = ingest => {
+                let connection = lean_ingest::IngestConnection {
+                    socket,
+                    permit,
+                    ingest,
+                    router,
+                    timeouts,
+                    cancel,
+                };
+                return Box::pin(connection.serve(head)).await;
+            }
+            Ok(Ok(First::Ingest | First::Hyper)) => {
+                let connection = HyperConnection {
+                    socket,
+                    permit,
+                    router,
+                    timeouts,
+                    cancel,
+                };
+                return Box::pin(connection.serve(Bytes::from(head))).await;
+            }
+            // Gone or silent before a whole head: nothing to answer.
+            Ok(Err(_)) | Err(_) => return,
+        };
+        drop(head);
+        let slot = LeanStream::default();
+        let request = with_slot(request, slot.clone());
+        let response = match Box::pin(router.oneshot(request)).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        match slot.take() {
+            Some(feed) => {
+                let mut head = response_head(&response);
+                head.extend_from_slice(b"\r\n");
+                // A task of its own, so that what the setup needed (this task's room for routing
+                // and parsing futures) is freed now rather than held for the stream's life.
+                tracker.spawn(write_stream(socket, head, feed, permit));
+            }
+            None => Box::pin(write_response(socket, response)).await,
         }
-        Ok(Ok(First::Ingest | First::Hyper)) => {
-            return Box::pin(with_hyper(socket, Bytes::from(head), router, cancel)).await;
-        }
-        // Gone or silent before a whole head: nothing to answer.
-        Ok(Err(_)) | Err(_) => return,
-    };
-    drop(head);
-    let slot = LeanStream::default();
-    let request = with_slot(request, slot.clone());
-    let response = match Box::pin(router.oneshot(request)).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    };
-    match slot.take() {
-        Some(feed) => {
-            let mut head = response_head(&response);
-            head.extend_from_slice(b"\r\n");
-            // A task of its own, so that what the setup needed (this task's room for routing
-            // and parsing futures) is freed now rather than held for the stream's life.
-            tracker.spawn(write_stream(socket, head, feed));
-        }
-        None => Box::pin(write_response(socket, response)).await,
     }
 }
 
@@ -275,9 +319,12 @@ fn write_stream(
     mut socket: TcpStream,
     head: Vec<u8>,
     mut feed: Feed,
+    permit: Permit,
 ) -> impl std::future::Future<Output = ()> + Send {
     let mut frame = Bytes::from(head);
     async move {
+        // The stream's place in the connection budget, given back when it ends.
+        let _permit = permit;
         loop {
             if socket.write_all(&frame).await.is_err() {
                 return;
@@ -318,33 +365,159 @@ fn client_went(socket: &TcpStream) -> bool {
     }
 }
 
-/// Serves the connection with hyper, the bytes already read first; shutdown lets the request in
-/// flight finish and closes the connection.
-pub(super) async fn with_hyper(
-    socket: TcpStream,
-    read: Bytes,
-    router: Router,
-    cancel: CancellationToken,
-) {
-    let io = TokioIo::new(Rewound { read, socket });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .serve_connection(io, TowerToHyperService::new(router));
-    let mut connection = std::pin::pin!(connection);
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            served = connection.as_mut() => {
-                if let Err(err) = served {
-                    tracing::trace!(error = %err, "http connection ended with an error");
+/// A connection for hyper, with the bytes already read put back in front.
+pub(super) struct HyperConnection {
+    pub socket: TcpStream,
+    pub permit: Permit,
+    pub router: Router,
+    pub timeouts: Timeouts,
+    pub cancel: CancellationToken,
+}
+
+impl HyperConnection {
+    /// Serves the connection with hyper until it closes; shutdown lets the request in flight
+    /// finish and closes it. Between requests it is idle: hyper closes it after
+    /// `timeouts.idle` (its header read timeout runs from the moment it waits for a head), and
+    /// the budget may close it sooner for room.
+    pub(super) async fn serve(self, read: Bytes) {
+        let close = Arc::new(Notify::new());
+        let state = Arc::new(ConnectionState {
+            idle: Mutex::new(Some(self.permit.idle(&close))),
+            permit: self.permit,
+            close: close.clone(),
+            in_flight: AtomicUsize::new(0),
+        });
+        let service = TrackedService {
+            router: self.router,
+            state: state.clone(),
+            request_timeout: self.timeouts.request,
+        };
+        let io = TokioIo::new(Rewound {
+            read,
+            socket: self.socket,
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.timeouts.idle)
+            .serve_connection(io, TowerToHyperService::new(service));
+        let mut connection = std::pin::pin!(connection);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                served = connection.as_mut() => {
+                    if let Err(err) = served {
+                        if err.is_timeout() {
+                            state.permit.limit_reached("idle_timeout");
+                        }
+                        tracing::trace!(error = %err, "http connection ended with an error");
+                    }
+                    return;
                 }
-                return;
-            }
-            () = cancel.cancelled(), if !draining => {
-                draining = true;
-                connection.as_mut().graceful_shutdown();
+                () = self.cancel.cancelled(), if !draining => {
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = close.notified(), if !draining => {
+                    // A wake from while it was idle may arrive after it got busy: then keep it.
+                    if state.in_flight.load(Ordering::Acquire) == 0 {
+                        draining = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
             }
         }
     }
+}
+
+/// What a hyper connection's requests share: its place in the budget and whether it is idle.
+struct ConnectionState {
+    permit: Permit,
+    /// Registered while no request is in flight. A std mutex: taken for a swap, no `.await`.
+    idle: Mutex<Option<Idle>>,
+    close: Arc<Notify>,
+    /// Requests whose response body has not been written to its end.
+    in_flight: AtomicUsize,
+}
+
+impl ConnectionState {
+    fn busy(&self) {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).take();
+        }
+    }
+
+    fn done(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let idle = self.permit.idle(&self.close);
+            *self.idle.lock().unwrap_or_else(|p| p.into_inner()) = Some(idle);
+        }
+    }
+}
+
+/// Marks its connection's request done when dropped, which hyper does once the response body
+/// is written to its end (or the connection is gone): a streaming body keeps it busy.
+struct RequestDone(Arc<ConnectionState>);
+
+impl Drop for RequestDone {
+    fn drop(&mut self) {
+        self.0.done();
+    }
+}
+
+/// The router, with each request counted in flight until its body is written and held to the
+/// request timeout (a slow body gets 408).
+#[derive(Clone)]
+struct TrackedService {
+    router: Router,
+    state: Arc<ConnectionState>,
+    request_timeout: Duration,
+}
+
+impl tower::Service<Request<hyper::body::Incoming>> for TrackedService {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<hyper::body::Incoming>) -> Self::Future {
+        use http_body_util::BodyExt;
+        self.state.busy();
+        let done = RequestDone(self.state.clone());
+        let state = self.state.clone();
+        let router = self.router.clone();
+        let limit = self.request_timeout;
+        Box::pin(async move {
+            let routed = tokio::time::timeout(limit, router.oneshot(request.map(Body::new)));
+            let response = match routed.await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => {
+                    state.permit.limit_reached("request_timeout");
+                    request_timed_out()
+                }
+            };
+            let (parts, body) = response.into_parts();
+            let body = body.map_frame(move |frame| {
+                let _ = &done;
+                frame
+            });
+            Ok(Response::from_parts(parts, Body::new(body)))
+        })
+    }
+}
+
+/// 408 for a request that took longer than the request timeout (a body that trickles in).
+fn request_timed_out() -> Response<Body> {
+    let body = r#"{"code":"request_timeout","message":"the request took too long to arrive"}"#;
+    Response::builder()
+        .status(axum::http::StatusCode::REQUEST_TIMEOUT)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONNECTION, "close")
+        .body(Body::from(body))
+        .unwrap_or_default()
 }
 
 /// A socket with bytes already read from it put back in front.
@@ -470,7 +643,11 @@ mod tests {
             None,
             options,
         );
-        let stream = write_stream(socket, Vec::new(), feed);
+        let budget = crate::listen::ConnectionBudget::new(1, Default::default());
+        let crate::listen::Admission::Admitted(permit) = budget.admit() else {
+            panic!("room for one")
+        };
+        let stream = write_stream(socket, Vec::new(), feed, permit);
         let size = std::mem::size_of_val(&stream);
         assert!(size <= 512, "the stream future grew to {size} bytes");
     }

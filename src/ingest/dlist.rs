@@ -19,6 +19,7 @@ use super::RejectLog;
 use super::socket::{self, SocketAccess};
 use crate::event::dlist::{DlistError, REPLY_OK, parse_record};
 use crate::event::{self, ParseError};
+use crate::listen::{ConnectionBudget, Incoming, next_connection};
 use crate::metrics::Source;
 use crate::pipeline::Pipeline;
 
@@ -28,52 +29,57 @@ const MAX_CONNECTIONS: usize = 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Binds the socket file, replacing a stale one, with the configured mode and group.
-pub fn bind(path: &Path, access: &SocketAccess) -> anyhow::Result<UnixListener> {
+pub fn bind(path: &Path, access: &SocketAccess, backlog: u32) -> anyhow::Result<UnixListener> {
     socket::prepare(path, socket::Kind::Stream)?;
-    let listener = UnixListener::bind(path)
+    let listener = crate::listen::bind_unix(path, backlog)
         .with_context(|| format!("cannot bind dlist socket {}", path.display()))?;
     socket::apply_access(path, access)?;
     Ok(listener)
 }
 
-/// Accepts connections until shutdown; each is served by its own task.
+/// Accepts connections until shutdown; each is served by its own task and holds a place in
+/// `budget` (one it has no room for gets `NO`).
 pub async fn run(
     listener: UnixListener,
     pipeline: Arc<Pipeline>,
     max_bytes: usize,
+    budget: Arc<ConnectionBudget>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         // Wait for a free slot first, so a connection storm queues in the kernel backlog.
-        let permit = tokio::select! {
+        let slot = tokio::select! {
             () = shutdown.cancelled() => return,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
+            slot = permits.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
                 Err(_) => return,
             },
         };
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
+        let Some(incoming) = next_connection(&listener, &budget, "dlist", &shutdown).await else {
+            return;
         };
-        match accepted {
-            Ok((stream, _)) => {
-                let pipeline = pipeline.clone();
-                let shutdown = shutdown.clone();
+        let (mut stream, permit) = match incoming {
+            Incoming::Admitted(stream, permit) => (stream, permit),
+            Incoming::Refused(mut stream) => {
                 tracker.spawn(async move {
-                    serve(stream, &pipeline, max_bytes, &shutdown).await;
-                    drop(permit);
+                    let _ = stream.write_all(b"NO \"too many connections\"\r\n").await;
                 });
+                continue;
             }
-            Err(err) => tracing::warn!(error = %err, "dlist accept failed"),
-        }
+        };
+        let pipeline = pipeline.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            serve(&mut stream, &pipeline, max_bytes, &shutdown).await;
+            drop((slot, permit));
+        });
     }
 }
 
 async fn serve(
-    mut stream: UnixStream,
+    stream: &mut UnixStream,
     pipeline: &Pipeline,
     max_bytes: usize,
     shutdown: &CancellationToken,

@@ -15,12 +15,14 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{LogEvery, RejectLog};
 use crate::config::Secret;
 use crate::event::{self, ParseError};
+use crate::listen::{ConnectionBudget, Incoming, Permit, next_connection};
 use crate::metrics::{PacketHead, Source};
 use crate::pipeline::Pipeline;
 
@@ -43,38 +45,38 @@ pub struct NdjsonLimits {
     pub events_per_sec: u32,
 }
 
-/// Accepts connections until shutdown; each is served by its own task.
+/// Accepts connections until shutdown; each is served by its own task and holds a place in
+/// `budget` (one it has no room for is told so and closed).
 pub async fn run(
     listener: TcpListener,
     pipeline: Arc<Pipeline>,
     limits: NdjsonLimits,
+    budget: Arc<ConnectionBudget>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     let refusals = Arc::new(LogEvery::second());
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                tracing::debug!(%peer, "ndjson connection");
-                let pipeline = pipeline.clone();
-                let shutdown = shutdown.clone();
-                let limits = limits.clone();
-                let refusals = refusals.clone();
-                tracker.spawn(async move {
-                    serve(stream, &pipeline, &limits, &refusals, &shutdown).await;
-                });
+    while let Some(incoming) = next_connection(&listener, &budget, "ndjson", &shutdown).await {
+        let (stream, permit) = match incoming {
+            Incoming::Admitted(stream, permit) => (stream, permit),
+            Incoming::Refused(stream) => {
+                tracker.spawn(refuse(BufReader::new(stream), "too many connections"));
+                continue;
             }
-            Err(err) => tracing::warn!(error = %err, "ndjson accept failed"),
-        }
+        };
+        let pipeline = pipeline.clone();
+        let shutdown = shutdown.clone();
+        let limits = limits.clone();
+        let refusals = refusals.clone();
+        tracker.spawn(async move {
+            serve(stream, permit, &pipeline, &limits, &refusals, &shutdown).await;
+        });
     }
 }
 
 async fn serve(
     stream: TcpStream,
+    permit: Permit,
     pipeline: &Pipeline,
     limits: &NdjsonLimits,
     refusals: &LogEvery,
@@ -82,24 +84,26 @@ async fn serve(
 ) {
     let peer = stream.peer_addr().ok();
     let mut reader = BufReader::new(stream);
+    // Until it has authenticated, the connection may be closed to make room.
+    let close = Arc::new(Notify::new());
+    let idle = permit.idle(&close);
     let authenticated = tokio::select! {
         () = shutdown.cancelled() => return,
+        () = close.notified() => return,
         authenticated = tokio::time::timeout(AUTH_TIMEOUT, authenticate(&mut reader, &limits.secret)) => {
             authenticated.unwrap_or(Err("no AUTH line within 10 s"))
         }
     };
-    let reply: &[u8] = match authenticated {
-        Ok(()) => b"OK\n",
-        Err(reason) => {
-            pipeline.metrics().request_refused("ndjson_unauthenticated");
-            if refusals.ready() {
-                tracing::warn!(peer = ?peer, reason, "ndjson connection refused");
-            }
-            refuse(reader, reason).await;
-            return;
+    drop(idle);
+    if let Err(reason) = authenticated {
+        pipeline.metrics().request_refused("ndjson_unauthenticated");
+        if refusals.ready() {
+            tracing::warn!(peer = ?peer, reason, "ndjson connection refused");
         }
-    };
-    if reader.get_mut().write_all(reply).await.is_err() {
+        refuse(reader, reason).await;
+        return;
+    }
+    if reader.get_mut().write_all(b"OK\n").await.is_err() {
         return;
     }
     read_events(reader, pipeline, limits, shutdown).await;

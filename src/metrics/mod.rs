@@ -101,6 +101,8 @@ pub struct Metrics {
     packets_rejected: Family<RejectLabels, Counter>,
     state_updates: Counter,
     connections: Gauge,
+    open_connections: Gauge,
+    connection_budget: Gauge,
     frames_sent: Family<FormatLabels, Counter>,
     requests_refused: Family<ReasonLabels, Counter>,
     pushes: Family<PushLabels, Counter>,
@@ -141,6 +143,9 @@ pub struct Levels {
     pub connections: usize,
     /// Pushes waiting for a sender.
     pub push_queue: usize,
+    /// Connections of every kind open now, and the budget they share.
+    pub open_connections: usize,
+    pub connection_budget: usize,
 }
 
 impl Default for Metrics {
@@ -182,6 +187,18 @@ impl Metrics {
             "eventsource_connections",
             "EventSource connections open now",
             connections.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections of every kind (HTTP, streams, NDJSON, dlist) open now",
+            open_connections.clone(),
+        );
+        let connection_budget = Gauge::default();
+        registry.register(
+            "connections_budget",
+            "Connections that may be open at once before idle ones are closed and new ones refused",
+            connection_budget.clone(),
         );
         let frames_sent = Family::<FormatLabels, Counter>::default();
         registry.register(
@@ -260,6 +277,8 @@ impl Metrics {
             packets_rejected,
             state_updates,
             connections,
+            open_connections,
+            connection_budget,
             frames_sent,
             requests_refused,
             totals: StatusTotals::default(),
@@ -374,6 +393,8 @@ impl Metrics {
         let gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
         self.connections.set(gauge(levels.connections));
         self.push_queue.set(gauge(levels.push_queue));
+        self.open_connections.set(gauge(levels.open_connections));
+        self.connection_budget.set(gauge(levels.connection_budget));
         let mut text = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::error!(error = %err, "cannot render metrics");
@@ -434,7 +455,7 @@ mod tests {
         );
         let text = metrics.render(Levels {
             connections: 3,
-            push_queue: 0,
+            ..Levels::default()
         });
         assert!(
             text.contains("mailpush_events_received_total{source=\"cyrus\",type=\"MessageNew\"} 2"),

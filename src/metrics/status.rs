@@ -200,6 +200,7 @@ mod tests {
         let snapshot = metrics.snapshot(Levels {
             connections: 7,
             push_queue: 1,
+            ..Levels::default()
         });
         assert_eq!(snapshot.events_in["cyrus"], 2);
         assert_eq!(snapshot.events_in["http"], 1);

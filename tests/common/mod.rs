@@ -313,6 +313,19 @@ pub fn send_datagram(path: &Path, bytes: &[u8]) {
     socket.send_to(bytes, path).expect("send datagram");
 }
 
+/// A Cyrus datagram of a MessageNew in `user`'s INBOX at mail modseq `modseq`.
+pub fn mail_event_datagram(user: &str, modseq: u64) -> Vec<u8> {
+    let json = format!(
+        r#"{{"event":"MessageNew","uri":"imap://h/user/{user};UIDVALIDITY=1/;UID={modseq}","modseq":{modseq},"vnd.cmu.mbtype":"e"}}"#
+    );
+    [
+        b"mailpush\0EVENT\0\0\0\x000\0".as_slice(),
+        json.as_bytes(),
+        b"\0",
+    ]
+    .concat()
+}
+
 /// An NDJSON connection that has authenticated (`AUTH <INGEST_SECRET>`, answered `OK`).
 pub fn ndjson_connect(addr: SocketAddr) -> std::net::TcpStream {
     use std::io::{BufRead, Write};
