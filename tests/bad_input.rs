@@ -320,3 +320,21 @@ async fn http_ingest_is_off_without_a_secret() {
         "ingest_disabled"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_modseq_is_rejected_and_the_next_real_event_arrives() {
+    let app = TestApp::start().await;
+    let mut alice = app.sse("alice").await;
+    app.send_datagram(&datagram(&event_json("alice", u64::MAX)));
+    app.send_datagram(&datagram(&event_json("alice", 1 << 53)));
+    app.send_datagram(&datagram(&event_json("alice", 5)));
+    assert_eq!(alice.next_state().await, (5, 0, 0));
+    app.send_datagram(&datagram(&event_json("alice", 6)));
+    assert_eq!(alice.next_state().await, (6, 0, 0), "not frozen");
+    let metrics = app.metrics().await;
+    assert_eq!(
+        rejected(&metrics, "cyrus", "number_out_of_range"),
+        2.0,
+        "{metrics}"
+    );
+}

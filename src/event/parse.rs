@@ -27,6 +27,10 @@ pub enum ParseError {
     MissingName,
     #[error("bad uri: {0}")]
     Uri(#[from] imapurl::UrlError),
+    #[error(
+        "{field} is {value}, over 2^53 - 1 (no real counter gets there, and JavaScript clients could not read it exactly)"
+    )]
+    OutOfRange { field: &'static str, value: u64 },
     #[error("{size} bytes is over the limit of {limit}")]
     TooLarge { size: usize, limit: usize },
 }
@@ -42,6 +46,7 @@ impl ParseError {
             ParseError::Json(_) => "invalid_json",
             ParseError::MissingName => "missing_event_name",
             ParseError::Uri(_) => "bad_uri",
+            ParseError::OutOfRange { .. } => "number_out_of_range",
             ParseError::TooLarge { .. } => "too_large",
         }
     }
@@ -290,6 +295,20 @@ fn event_from_json_text(json: &str) -> Result<Event, ParseError> {
     let envelope = wire
         .jmap_email
         .or_else(|| envelope_from_imap(wire.envelope?));
+    let counters = wire.counters.as_deref().and_then(Counters::parse);
+    check_range("modseq", wire.modseq)?;
+    check_range("vnd.cmu.unseenMessages", wire.unseen)?;
+    check_range("messages", wire.messages)?;
+    if let Some(counters) = &counters {
+        for value in [
+            counters.highest,
+            counters.mail,
+            counters.calendar,
+            counters.contacts,
+        ] {
+            check_range("vnd.fastmail.counters", Some(value))?;
+        }
+    }
     Ok(Event {
         class: Class::Event,
         name: name.into_owned(),
@@ -305,11 +324,23 @@ fn event_from_json_text(json: &str) -> Result<Event, ParseError> {
         modseq: wire.modseq,
         unseen: wire.unseen,
         messages: wire.messages,
-        counters: wire.counters.as_deref().and_then(Counters::parse),
+        counters,
         envelope,
         raw: None,
         notification: None,
     })
+}
+
+/// The largest number an event may carry: 2^53 - 1, the largest integer a JavaScript client
+/// reads exactly. State only ever rises, so one absurd modseq (`u64::MAX`) would otherwise
+/// freeze its user's live state until a restart.
+pub const MAX_NUMBER: u64 = (1 << 53) - 1;
+
+fn check_range(field: &'static str, value: Option<u64>) -> Result<(), ParseError> {
+    match value {
+        Some(value) if value > MAX_NUMBER => Err(ParseError::OutOfRange { field, value }),
+        _ => Ok(()),
+    }
 }
 
 /// Reads sender and subject from the IMAP ENVELOPE string; None when it is not a string.
@@ -329,6 +360,33 @@ mod tests {
 
     fn json(text: &str) -> Result<Event, ParseError> {
         from_json(text.to_owned())
+    }
+
+    #[test]
+    fn numbers_past_2_53_are_rejected() {
+        let event = |field: &str, value: u64| {
+            json(&format!(
+                r#"{{"event":"MessageNew","uri":"imap://h/user/alice;UIDVALIDITY=1","{field}":{value}}}"#
+            ))
+        };
+        assert_eq!(
+            event("modseq", MAX_NUMBER).unwrap().modseq,
+            Some(MAX_NUMBER)
+        );
+        for field in ["modseq", "vnd.cmu.unseenMessages", "messages"] {
+            let err = event(field, MAX_NUMBER + 1).unwrap_err();
+            assert_eq!(err.reason(), "number_out_of_range", "{field}");
+            assert!(err.to_string().starts_with(field), "{err}");
+        }
+        assert_eq!(
+            event("modseq", u64::MAX).unwrap_err().reason(),
+            "number_out_of_range"
+        );
+        let counters = json(&format!(
+            r#"{{"event":"MessageNew","uri":"imap://h/user/alice;UIDVALIDITY=1","vnd.fastmail.counters":"9 {} 4 0 0"}}"#,
+            u64::MAX
+        ));
+        assert_eq!(counters.unwrap_err().reason(), "number_out_of_range");
     }
 
     #[test]
