@@ -255,6 +255,7 @@ pub async fn run(
         max_devices_per_user: config.push.max_devices_per_user,
         push,
         budget: budget.clone(),
+        metrics_token: config.http.metrics_token.clone(),
     });
     let lean_ingest = config.ingest.secret.clone().map(|secret| {
         Arc::new(http::lean_ingest::LeanIngest {

@@ -38,6 +38,8 @@ pub enum AuthError {
     Missing,
     #[error("token has expired")]
     Expired,
+    #[error("token is not valid yet (nbf is in the future)")]
+    NotYetValid,
     #[error("token is not valid")]
     Invalid,
 }
@@ -48,6 +50,7 @@ impl AuthError {
         match self {
             AuthError::Missing => "token_missing",
             AuthError::Expired => "token_expired",
+            AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::Invalid => "token_invalid",
         }
     }
@@ -99,7 +102,7 @@ impl TokenKeys {
         .context("cannot sign token")
     }
 
-    /// Verifies signature, algorithm, `exp` and a non-empty `sub`.
+    /// Verifies signature, algorithm, `exp`, `nbf` when present, and a non-empty `sub`.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
         let key = match (header.alg, &self.public) {
@@ -109,11 +112,14 @@ impl TokenKeys {
         };
         let mut validation = Validation::new(header.alg);
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // A token minted for later (`nbf`) is refused until then, with the same leeway.
+        validation.validate_nbf = true;
         validation.leeway = 30;
         let data =
             jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|err| {
                 match err.kind() {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                    jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                     _ => AuthError::Invalid,
                 }
             })?;
@@ -140,7 +146,8 @@ fn load_or_generate_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
         Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
     }
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::files::create_private_dir(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let mut random = [0u8; 32];
     getrandom::fill(&mut random)
@@ -252,6 +259,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(keys_a.verify(&empty_sub), Err(AuthError::Invalid));
+        let later = |nbf: u64| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &serde_json::json!({"sub": "alice", "exp": unix_now() + 7200, "nbf": nbf}),
+                &EncodingKey::from_secret(b"0123456789abcdef0123").unwrap(),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            keys_a.verify(&later(unix_now() + 3600)),
+            Err(AuthError::NotYetValid)
+        );
+        assert!(keys_a.verify(&later(unix_now() - 10)).is_ok());
     }
 
     /// A login service's keys, generated at test time: ES256 and RS256 tokens verify with the

@@ -20,13 +20,15 @@
 //! - [`notify`]: the blocking path: the job spool, durable jobs, workers, email (lettre) and SMS.
 //! - [`auth`]: client tokens; the only module that sees the token secret.
 //! - [`listen`]: binding, the shared accept loop and the connection budget every listener uses.
-//! - [`config`], [`metrics`], [`backoff`] (retry timing), [`app`] (start-up and shutdown).
+//! - [`config`], [`metrics`], [`backoff`] (retry timing), [`files`] (private files), [`app`]
+//!   (start-up and shutdown).
 
 pub mod app;
 pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod event;
+pub mod files;
 pub mod http;
 pub mod ingest;
 pub mod job;

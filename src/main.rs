@@ -267,9 +267,12 @@ async fn user_command(store: Store, command: UserCommand) -> anyhow::Result<()> 
         }
         UserCommand::Show { user } => store.user(&user).await?,
     };
-    println!("user:       {}", user.user_id);
+    println!("user:       {}", printable(&user.user_id));
     println!("language:   {}", user.language);
-    println!("sms_number: {}", user.sms_number.as_deref().unwrap_or("-"));
+    println!(
+        "sms_number: {}",
+        printable(user.sms_number.as_deref().unwrap_or("-"))
+    );
     println!("sms_credit: {}", user.sms_credit);
     Ok(())
 }
@@ -302,13 +305,31 @@ async fn jobs_command(
             "{:>8}  {:<8}  {:<12}  {:<16}  {:>8}  {}",
             job.id,
             job.state.as_str(),
-            job.kind,
-            job.user_id,
+            printable(&job.kind),
+            printable(&job.user_id),
             job.attempts,
-            job.last_error.as_deref().unwrap_or("")
+            printable(job.last_error.as_deref().unwrap_or(""))
         );
     }
     Ok(())
+}
+
+/// Text from the database as the terminal should see it: control characters (an escape
+/// sequence in a user id, say) are shown escaped, never sent to the terminal.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -77,6 +77,22 @@ async fn newcomer_steps_from_readme() {
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
+    // Every file that holds users' data is the service user's alone.
+    let private = |path: &str, expected: u32| {
+        let path = dir.path().join(path);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path)
+                .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, expected, "{}", path.display());
+    };
+    private("data", 0o700);
+    private("data/mailpush.db", 0o600);
+    private("data/delivery.journal", 0o600);
+    private("data/spool", 0o700);
+    private("data/spool/cursor", 0o600);
+    private("data/outbox", 0o700);
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
     assert!(
@@ -282,4 +298,24 @@ fn dockerfile_healthcheck_command_works() {
     let (status, _, stderr) = run_command(dir.path(), &env, &args);
     assert_eq!(status, 1, "unhealthy once stopped");
     assert!(stderr.contains("cannot connect"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_listings_never_send_escape_sequences_to_the_terminal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let env = [("MAILPUSH_HTTP__LISTEN", "127.0.0.1:0".to_owned())];
+    let server = Server::start(dir.path(), &env, &[]);
+    // A user id with an escape sequence that would clear the operator's screen.
+    let packet = b"mailto\0SIEVE\0normal\0ev\x1b[2Jil\0\x001\0bob@example.test\0Hi\0/stage/1\0";
+    common::send_datagram(&dir.path().join("run/notify.sock"), packet);
+    common::wait_until("the job listed", || async {
+        let (_, listing, _) = run_command(dir.path(), &env, &["jobs"]);
+        listing.lines().count() == 2
+    })
+    .await;
+    let (status, listing, _) = run_command(dir.path(), &env, &["jobs"]);
+    assert_eq!(status, 0);
+    assert!(!listing.contains('\x1b'), "{listing:?}");
+    assert!(listing.contains("ev\\u{1b}[2Jil"), "{listing:?}");
+    drop(server);
 }

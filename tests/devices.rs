@@ -210,3 +210,13 @@ async fn devices_survive_a_restart() {
     let second = second.start().await;
     assert_eq!(list(&second, "alice").await, vec![phone]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_registration_gets_413() {
+    let app = TestApp::start().await;
+    let padding = "x".repeat(3 << 20);
+    let body = json!({"platform": "apns", "token": padding, "app": "com.example.mail"});
+    let (status, reply) = register(&app, "alice", &body).await;
+    assert_eq!(status, 413, "{reply}");
+    assert_eq!(reply["code"], "body_too_large");
+}

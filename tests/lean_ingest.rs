@@ -162,3 +162,19 @@ async fn shutdown_closes_an_idle_ingest_connection() {
         "closed, with nothing more said"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_content_length_is_not_read_as_a_length() {
+    let app = TestApp::start().await;
+    let body = event("alice", 3);
+    for length in [format!("+{}", body.len()), format!(" {}x", body.len())] {
+        let mut raw = Raw::connect(&app).await;
+        raw.send(&format!(
+            "POST /ingest HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {INGEST_SECRET}\r\nContent-Length: {length}\r\n\r\n{body}"
+        ))
+        .await;
+        let answer = raw.read_to_close().await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{length}: {answer}");
+    }
+    assert_eq!(http_events(&app).await, 0.0, "no event taken");
+}

@@ -196,3 +196,34 @@ async fn allowed_origins_may_read_streams_and_register_devices() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_ask_for_a_token() {
+    const TOKEN: &str = "scrape-token-0123456789";
+    let app = TestApp::builder()
+        .env("MAILPUSH_HTTP__METRICS_TOKEN", TOKEN)
+        .start()
+        .await;
+    let client = common::client();
+    let refused = client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let wrong = client
+        .get(app.url("/metrics"))
+        .bearer_auth("scrape-token-wrong-000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let scraped = client
+        .get(app.url("/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
+    let text = scraped.text().await.unwrap();
+    assert!(
+        text.contains("mailpush_requests_refused_total{reason=\"metrics_unauthorized\"} 2"),
+        "{text}"
+    );
+}

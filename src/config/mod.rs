@@ -63,6 +63,10 @@ pub struct HttpConfig {
     pub retry_ms: u64,
     /// Largest request body accepted, for `POST /ingest`.
     pub max_body_bytes: usize,
+    /// A bearer token that `GET /metrics` requires; without it `/metrics` is open to anyone
+    /// who reaches `listen` (keep that on a private address, or set this).
+    #[serde(deserialize_with = "optional_secret")]
+    pub metrics_token: Option<Secret>,
     /// Origins of web apps served elsewhere that may open streams and register devices
     /// (`https://app.example.com`), or `"*"` for any; none by default.
     pub cors_origins: Vec<String>,
@@ -289,6 +293,7 @@ impl Default for HttpConfig {
             keepalive_secs: 25,
             retry_ms: 5_000,
             max_body_bytes: 1 << 20,
+            metrics_token: None,
             cors_origins: Vec::new(),
         }
     }

@@ -92,6 +92,11 @@ impl Config {
         {
             return fail("ingest.secret", "must be at least 16 characters");
         }
+        if let Some(token) = &self.http.metrics_token
+            && token.expose().len() < 16
+        {
+            return fail("http.metrics_token", "must be at least 16 characters");
+        }
         if let Some(secret) = &self.auth.secret
             && secret.expose().len() < 16
         {

@@ -54,7 +54,10 @@ pub async fn register(
     body: Result<Json<Registration>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let user = authenticate(&state, &headers, None)?;
-    let Json(registration) = body.map_err(|rejection| invalid(rejection.body_text()))?;
+    let Json(registration) = body.map_err(|rejection| match rejection.status() {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
+        _ => invalid(rejection.body_text()),
+    })?;
     let new = validate(user, registration).map_err(invalid)?;
     let upserted = state
         .store

@@ -60,6 +60,8 @@ pub struct HttpState {
     pub push: PushHandle,
     /// Every listener's connections, for the gauges on `/metrics`.
     pub budget: Arc<ConnectionBudget>,
+    /// The bearer token `/metrics` asks for; None leaves it open.
+    pub metrics_token: Option<Secret>,
 }
 
 /// Builds the router with every endpoint.
@@ -137,7 +139,20 @@ fn event_stream(body: axum::body::Body) -> Result<Response, ApiError> {
         .map_err(|err| ApiError::Internal(format!("cannot build the stream response: {err}")))
 }
 
-async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+/// `/metrics`: open to whoever reaches the port, unless `http.metrics_token` is set; then the
+/// scraper sends it as a bearer token.
+async fn metrics(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    if let Some(token) = &state.metrics_token {
+        let given = bearer(&headers).is_some_and(|given| token.matches(given.as_bytes()));
+        if !given {
+            state.metrics.request_refused("metrics_unauthorized");
+            return ApiError::Unauthorized {
+                code: "metrics_unauthorized",
+                message: "send Authorization: Bearer <http.metrics_token>".into(),
+            }
+            .into_response();
+        }
+    }
     let body = state.metrics.render(state.levels());
     (
         [(

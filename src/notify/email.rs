@@ -42,7 +42,7 @@ impl MailTransport {
                 Ok(MailTransport::Smtp(Box::new(relay)))
             }
             None => {
-                std::fs::create_dir_all(outbox)
+                crate::files::create_private_dir(outbox)
                     .with_context(|| format!("cannot create {}", outbox.display()))?;
                 Ok(MailTransport::Outbox(AsyncFileTransport::new(outbox)))
             }
@@ -169,8 +169,11 @@ pub fn alarm_email(
             .render("alarm", lang, part, &context)
             .map_err(|err| SendError::Permanent(format!("alarm template {part}: {err}")))
     };
-    let subject = render("subject")?.trim().to_owned();
-    let body = MultiPart::alternative_plain_html(render("txt")?, render("html")?);
+    let subject = one_line(render("subject")?.trim());
+    let body = MultiPart::alternative_plain_html(
+        line_breaks(&render("txt")?),
+        line_breaks(&render("html")?),
+    );
     build(envelope, &[recipient], &[], &subject, "auto-generated")?
         .multipart(body)
         .map_err(|err| SendError::Permanent(format!("cannot build the alarm email: {err}")))
@@ -198,7 +201,7 @@ pub fn sieve_email(
         .unwrap_or("")
         .trim();
     let subject = if !first_line.is_empty() {
-        first_line.chars().take(200).collect()
+        one_line(&first_line.chars().take(200).collect::<String>())
     } else {
         mailto
             .subject
@@ -234,8 +237,22 @@ pub fn sieve_email(
         builder = builder.header(Importance(level.to_owned()));
     }
     builder
-        .body(body)
+        .body(line_breaks(&body))
         .map_err(|err| SendError::Permanent(format!("cannot build the notification: {err}")))
+}
+
+/// Body text with every line break a plain `\n` (lettre writes each as CRLF): a bare CR from
+/// a script or a calendar field would otherwise reach the wire inside a 7bit body, which
+/// RFC 5322 forbids and some relays reject or rewrite.
+fn line_breaks(text: &str) -> String {
+    text.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+/// Header text on one line: control characters (CR, LF, tabs, escapes) become spaces.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 fn build(
@@ -360,5 +377,33 @@ mod tests {
         assert!(text.contains("From: mailpush@example.test\r\n"), "{text}");
         assert!(!text.contains("evil"), "{text}");
         assert!(sieve_email(&envelope, "alice", "?subject=x", "hi", "normal").is_err());
+    }
+
+    #[test]
+    fn bare_carriage_returns_never_reach_the_wire() {
+        let envelope = Envelope {
+            from: "mailpush@example.test",
+            message_id: "<job-2@example.test>".into(),
+        };
+        let message = sieve_email(
+            &envelope,
+            "alice",
+            "bob@example.test",
+            "Urgent\rX-Injected: yes\n\nline one\rline two\r\nline three",
+            "normal",
+        )
+        .unwrap();
+        let text = String::from_utf8(message.formatted()).unwrap();
+        let bare_cr = text
+            .as_bytes()
+            .windows(2)
+            .any(|pair| pair[0] == b'\r' && pair[1] != b'\n');
+        assert!(!bare_cr && !text.ends_with('\r'), "{text:?}");
+        let (header, _) = text.split_once("\r\n\r\n").unwrap();
+        assert!(!header.contains("\r\nX-Injected"), "{header:?}");
+        assert!(
+            text.contains("line one\r\nline two\r\nline three"),
+            "{text:?}"
+        );
     }
 }

@@ -13,7 +13,7 @@
 //! over a dead node's job after its lease cannot see that node's journal and sends again:
 //! at-least-once there, as SMTP itself is.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -37,7 +37,7 @@ impl DeliveryJournal {
     pub fn open(path: &Path) -> std::io::Result<DeliveryJournal> {
         if let Some(dir) = path.parent() {
             // On PostgreSQL nothing else may have made the data dir yet.
-            std::fs::create_dir_all(dir)?;
+            crate::files::create_private_dir(dir)?;
         }
         let file = append(path)?;
         let bytes = file.metadata()?.len();
@@ -114,7 +114,7 @@ impl DeliveryJournal {
 }
 
 fn append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    crate::files::open_private_append(path)
 }
 
 fn previous(path: &Path) -> PathBuf {

@@ -140,6 +140,7 @@ impl SmsTransport {
                 let mut file = tokio::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
+                    .mode(0o600)
                     .open(path)
                     .await
                     .map_err(|err| {

@@ -415,8 +415,9 @@ mod tests {
         let gaps: Vec<Duration> = calls.windows(2).map(|pair| pair[1] - pair[0]).collect();
         for (index, gap) in gaps.iter().enumerate() {
             let full = Duration::from_secs(1 << index);
+            // Tokio's timer fires on whole milliseconds, so a sleep may end up to 1 ms late.
             assert!(
-                *gap >= full / 2 && *gap <= full,
+                *gap >= full / 2 && *gap <= full + Duration::from_millis(1),
                 "gap {index}: {gap:?} of {gaps:?}"
             );
         }

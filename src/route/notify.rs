@@ -38,8 +38,13 @@ pub(super) fn sieve_job(event: &Event) -> Option<JobRequest> {
             importance: packet.priority.clone(),
         }
     } else if method == "sms" {
+        // A number the script gives must be a number; only without one is the stored used.
+        let number = match first_option {
+            Some(option) => Some(phone_number(&option)?),
+            None => None,
+        };
         Work::Sms {
-            number: first_option.and_then(|n| phone_number(&n)),
+            number,
             text: message,
         }
     } else if let Some(uri) = method
@@ -178,17 +183,22 @@ fn email_alarm(user: &str, alarm: Alarm) -> Vec<Action> {
     actions
 }
 
-/// An E.164-ish number from a URI or option: visual separators dropped, parameters cut off.
+/// An E.164-ish number from a URI or option: parameters cut off, the visual separators of
+/// RFC 3966 dropped. Anything else in it (a letter, a stray sign) makes it no number at all,
+/// rather than a shorter number that would reach someone else.
 fn phone_number(text: &str) -> Option<String> {
     let number = text.split([';', '?', ',']).next()?.trim();
-    let digits: String = number
-        .chars()
-        .filter(|c| c.is_ascii_digit() || *c == '+')
-        .collect();
-    let valid = digits.len() >= 3
-        && digits.len() <= 16
-        && digits.chars().skip(1).all(|c| c.is_ascii_digit());
-    valid.then_some(digits)
+    let mut digits = String::with_capacity(number.len());
+    for (index, c) in number.chars().enumerate() {
+        match c {
+            '0'..='9' => digits.push(c),
+            '+' if index == 0 => digits.push(c),
+            ' ' | '-' | '.' | '(' | ')' => {}
+            _ => return None,
+        }
+    }
+    let count = digits.trim_start_matches('+').len();
+    (3..=15).contains(&count).then_some(digits)
 }
 
 /// FNV-1a over the parts (separated), for idempotency keys: stable across builds and versions,
@@ -269,6 +279,10 @@ mod tests {
         );
         assert!(work(b"xmpp:alice@chat.example\0SIEVE\0normal\0alice\0\x000\0Hi\0/s\0").is_empty());
         assert!(work(b"sms:not-a-number\0SIEVE\0normal\0alice\0\x000\0Hi\0/s\0").is_empty());
+        // A number with anything but digits and separators is refused whole, not cut short.
+        assert!(work(b"sms:+1555abc0100\0SIEVE\0normal\0alice\0\x000\0Hi\0/s\0").is_empty());
+        assert!(work(b"sms\0SIEVE\0low\0alice\0\x001\0+49 30 12x34\0Hi\0/s\0").is_empty());
+        assert!(work(b"sms:+12+34567\0SIEVE\0normal\0alice\0\x000\0Hi\0/s\0").is_empty());
         // The same packet twice is the same job; another delivery (fname) is another job.
         let packet = b"sms\0SIEVE\0low\0alice\0\x000\0Hi\0/s/1\0";
         assert_eq!(jobs_of(packet)[0].key, jobs_of(packet)[0].key);

@@ -55,9 +55,11 @@ impl Store {
             }
             None => {
                 if let Some(dir) = default_file.parent() {
-                    std::fs::create_dir_all(dir)
+                    crate::files::create_private_dir(dir)
                         .with_context(|| format!("cannot create {}", dir.display()))?;
                 }
+                crate::files::make_private(default_file)
+                    .with_context(|| format!("cannot create {}", default_file.display()))?;
                 Store::sqlite(SqliteConnectOptions::new().filename(default_file)).await?
             }
         };
