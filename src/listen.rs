@@ -321,6 +321,37 @@ mod tests {
         assert_eq!(budget.open(), 0);
     }
 
+    /// A listener that fails with EMFILE `errors` times, then accepts.
+    struct OutOfFiles {
+        errors: AtomicUsize,
+    }
+
+    impl Accept for OutOfFiles {
+        type Connection = ();
+        async fn accept(&self) -> io::Result<()> {
+            if self.errors.load(Ordering::Relaxed) == 0 {
+                return Ok(());
+            }
+            self.errors.fetch_sub(1, Ordering::Relaxed);
+            Err(io::Error::from_raw_os_error(24))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_back_off_instead_of_spinning() {
+        let metrics = Arc::new(Metrics::new());
+        let budget = ConnectionBudget::new(10, metrics.clone());
+        let listener = OutOfFiles {
+            errors: AtomicUsize::new(8),
+        };
+        let started = tokio::time::Instant::now();
+        let incoming = next_connection(&listener, &budget, "test", &CancellationToken::new()).await;
+        assert!(matches!(incoming, Some(Incoming::Admitted((), _))));
+        // 10, 20, 40 ... 640 ms, then capped at 1 s: 10+20+40+80+160+320+640+1000 ms.
+        assert_eq!(started.elapsed(), Duration::from_millis(2270));
+        assert_eq!(metrics.limit_count("accept_error"), 8);
+    }
+
     #[test]
     fn the_budget_is_sized_from_the_file_limit() {
         assert_eq!(ConnectionBudget::size(0, 20_000, 512), 19_488);

@@ -9,19 +9,6 @@ use common::raw::Raw;
 use common::{TestApp, metric};
 use tokio::io::AsyncWriteExt;
 
-/// A MessageNew datagram for `user` at mail modseq `mail`.
-fn datagram(user: &str, mail: u64) -> Vec<u8> {
-    let json = format!(
-        r#"{{"event":"MessageNew","uri":"imap://h/user/{user};UIDVALIDITY=1/;UID={mail}","modseq":{mail},"vnd.cmu.mbtype":"e"}}"#
-    );
-    [
-        b"mailpush\0EVENT\0\0\0\x000\0".as_slice(),
-        json.as_bytes(),
-        b"\0",
-    ]
-    .concat()
-}
-
 fn stream_request(token: &str) -> String {
     format!(
         "GET /events HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\nAuthorization: Bearer {token}\r\n\r\n"
@@ -57,7 +44,7 @@ async fn a_new_connection_gets_close_delimited_frames_and_frees_its_slot_on_clos
     assert!(!head.contains("content-length"), "{head}");
     assert!(raw.until("\n\n").await.starts_with("retry: "));
 
-    app.send_datagram(&datagram("alice", 7));
+    app.send_datagram(&common::mail_event_datagram("alice", 7));
     let frame = raw.until("\n\n").await;
     assert_eq!(
         frame,
@@ -66,7 +53,7 @@ async fn a_new_connection_gets_close_delimited_frames_and_frees_its_slot_on_clos
     );
     // Bytes from the client do not disturb the stream.
     raw.send("stray bytes").await;
-    app.send_datagram(&datagram("alice", 8));
+    app.send_datagram(&common::mail_event_datagram("alice", 8));
     assert!(raw.until("\n\n").await.contains("id: m8c0a0\n"));
 
     assert_eq!(connections(&app).await, 1.0);
@@ -100,7 +87,7 @@ async fn a_stream_on_a_keep_alive_connection_is_served_by_hyper_with_the_same_fr
         "hyper's framing: {head}"
     );
     assert!(raw.until("retry: ").await.len() < 16);
-    app.send_datagram(&datagram("alice", 9));
+    app.send_datagram(&common::mail_event_datagram("alice", 9));
     let chunk = raw.until("}\n\n").await;
     assert!(
         chunk.ends_with("event: push\nid: m9c0a0\ndata: {\"mailModSeq\":9,\"calendarModSeq\":0,\"contactsModSeq\":0}\n\n"),

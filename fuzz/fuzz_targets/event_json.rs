@@ -1,0 +1,17 @@
+//! An RFC 5423 event as JSON text (NDJSON, `POST /ingest`, the datagram's payload): mailpush's
+//! one-pass reader must never accept what is not JSON.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if mailpush::event::from_json(text.to_owned()).is_ok() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(text).is_ok(),
+            "accepted what serde_json refuses: {text:?}"
+        );
+    }
+});
