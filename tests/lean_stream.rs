@@ -19,8 +19,30 @@ async fn connections(app: &TestApp) -> f64 {
     metric(&app.metrics().await, "mailpush_eventsource_connections")
 }
 
+/// Splits the `retry:` line off the front of a frame; checks that its delay is
+/// `http.retry_ms` (5 s) plus at most 20 % of jitter.
+fn after_retry(frame: &str) -> &str {
+    let (line, rest) = frame.split_once('\n').expect("a line");
+    let delay: u64 = line
+        .strip_prefix("retry: ")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("a retry line: {frame:?}"));
+    assert!((5000..=6000).contains(&delay), "{delay}");
+    rest
+}
+
+/// Reads one chunk of a chunked body: its size line, its bytes, its CRLF.
+async fn read_chunk(raw: &mut Raw) -> String {
+    let size_line = raw.until("\r\n").await;
+    let size = usize::from_str_radix(size_line.trim_end(), 16)
+        .unwrap_or_else(|_| panic!("a chunk size: {size_line:?}"));
+    let chunk = raw.take(size).await;
+    assert_eq!(raw.take(2).await, "\r\n", "after the chunk {chunk:?}");
+    chunk
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_connection_gets_close_delimited_frames_and_frees_its_slot_on_close() {
+async fn a_new_connection_gets_one_chunk_per_frame_and_frees_its_slot_on_close() {
     let app = TestApp::start().await;
     let mut raw = Raw::connect(&app).await;
     // The head in pieces, as a slow client sends it.
@@ -37,24 +59,21 @@ async fn a_new_connection_gets_close_delimited_frames_and_frees_its_slot_on_clos
     );
     assert!(head.contains("cache-control: no-cache\r\n"), "{head}");
     assert!(head.contains("connection: close\r\n"), "{head}");
-    assert!(
-        !head.contains("transfer-encoding"),
-        "no chunks on the lean path: {head}"
-    );
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
     assert!(!head.contains("content-length"), "{head}");
-    assert!(raw.until("\n\n").await.starts_with("retry: "));
+    // Nothing to say yet: the reconnection hint as a field line that ends no block.
+    assert_eq!(after_retry(&read_chunk(&mut raw).await), "");
 
     app.send_datagram(&common::mail_event_datagram("alice", 7));
-    let frame = raw.until("\n\n").await;
     assert_eq!(
-        frame,
+        read_chunk(&mut raw).await,
         "event: push\nid: m7c0a0\ndata: {\"mailModSeq\":7,\"calendarModSeq\":0,\"contactsModSeq\":0}\n\n",
-        "the frame as it is, no chunk framing"
+        "one frame, one chunk"
     );
     // Bytes from the client do not disturb the stream.
     raw.send("stray bytes").await;
     app.send_datagram(&common::mail_event_datagram("alice", 8));
-    assert!(raw.until("\n\n").await.contains("id: m8c0a0\n"));
+    assert!(read_chunk(&mut raw).await.contains("id: m8c0a0\n"));
 
     assert_eq!(connections(&app).await, 1.0);
     drop(raw);
@@ -63,6 +82,25 @@ async fn a_new_connection_gets_close_delimited_frames_and_frees_its_slot_on_clos
         connections(&app).await == 0.0
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_waiting_at_connect_carries_the_retry_hint_in_its_block() {
+    let app = TestApp::start().await;
+    app.send_datagram(&common::mail_event_datagram("alice", 3));
+    let mut alice = app.sse("alice").await;
+    assert_eq!(alice.next_state().await.0, 3);
+    let mut raw = Raw::connect(&app).await;
+    raw.send(&stream_request(&app.token("alice"))).await;
+    raw.until("\r\n\r\n").await;
+    assert_eq!(
+        after_retry(&read_chunk(&mut raw).await),
+        "event: push\nid: m3c0a0\ndata: {\"mailModSeq\":3,\"calendarModSeq\":0,\"contactsModSeq\":0}\n\n"
+    );
+    // At shutdown: the hint again, then the end of the body.
+    app.stop().await;
+    assert_eq!(after_retry(&read_chunk(&mut raw).await), "");
+    assert_eq!(raw.read_to_close().await, "0\r\n\r\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -178,7 +178,7 @@ impl Connection {
         match slot.take() {
             Some(feed) => {
                 let mut head = response_head(&response);
-                head.extend_from_slice(b"\r\n");
+                head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
                 // A task of its own, so that what the setup needed (this task's room for routing
                 // and parsing futures) is freed now rather than held for the stream's life.
                 tracker.spawn(write_stream(socket, head, feed, permit));
@@ -270,8 +270,8 @@ fn with_slot(mut request: Request<Body>, slot: LeanStream) -> Request<Body> {
     request
 }
 
-/// The status line and headers of a lean response. Its body ends when the connection closes,
-/// so it has neither a length nor chunks: each frame goes out as it is.
+/// The status line and headers of a lean response, which closes its connection when it ends:
+/// a refusal adds its length, a stream `transfer-encoding: chunked`.
 fn response_head(response: &Response<Body>) -> Vec<u8> {
     let mut head = Vec::with_capacity(256);
     let status = response.status();
@@ -309,9 +309,13 @@ async fn write_response(mut socket: TcpStream, response: Response<Body>) {
     }
 }
 
-/// The lean stream: the head with the first frame in one write, then each frame as the feed
-/// yields it, until the feed ends (shutdown, `closeafter`) or the client goes. It lives as long
-/// as the connection, so it is kept small: one place awaits the feed, one awaits the socket.
+/// The lean stream: the head, then each frame as the feed yields it, one chunk per frame,
+/// until the feed ends (shutdown, `closeafter`) or the client goes. It lives as long as the
+/// connection, so it is kept small: one place awaits the feed, one awaits the socket.
+///
+/// Chunked, not close-delimited, because readers that fill a fixed buffer (`urllib3` under
+/// `sseclient-py`) hand over a close-delimited body only when the buffer is full, so each event
+/// would wait for the next; a chunk is handed over as soon as it is whole.
 ///
 /// A plain function returning an `async move` block: an `async fn` would store its arguments
 /// twice in the future (rust-lang/rust#62958), and this future is the connection's whole cost.
@@ -321,21 +325,27 @@ fn write_stream(
     mut feed: Feed,
     permit: Permit,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let mut frame = Bytes::from(head);
+    let mut out = head;
     async move {
         // The stream's place in the connection budget, given back when it ends.
         let _permit = permit;
+        let mut ended = false;
         loop {
-            if socket.write_all(&frame).await.is_err() {
+            // The one place that writes (the last chunk too), so the future holds one write.
+            if socket.write_all(&out).await.is_err() {
                 return;
             }
-            frame = loop {
+            if ended {
+                let _ = socket.shutdown().await;
+                return;
+            }
+            out = loop {
                 tokio::select! {
                     next = feed.next_frame() => match next {
-                        Some(next) => break next,
+                        Some(next) => break chunk(&next),
                         None => {
-                            let _ = socket.shutdown().await;
-                            return;
+                            ended = true;
+                            break LAST_CHUNK.to_vec();
                         }
                     },
                     // The socket's own reader slot holds the waker: no waiter in this future.
@@ -348,6 +358,19 @@ fn write_stream(
             };
         }
     }
+}
+
+/// The end of a chunked body.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// `frame` as one chunk of a chunked body, ready for one write.
+fn chunk(frame: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(frame.len() + 12);
+    let _ = write!(out, "{:x}\r\n", frame.len());
+    out.extend_from_slice(frame);
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// Reads what the client sent on a stream connection (nothing is expected) and tells whether
@@ -604,6 +627,16 @@ mod tests {
         ] {
             assert!(parse(other).is_none(), "{other}");
         }
+    }
+
+    #[test]
+    fn frames_are_chunks() {
+        assert_eq!(chunk(b":\n"), b"2\r\n:\n\r\n");
+        let frame = vec![b'x'; 300];
+        let framed = chunk(&frame);
+        assert!(framed.starts_with(b"12c\r\nxxx"));
+        assert!(framed.ends_with(b"xxx\r\n"));
+        assert_eq!(framed.len(), 300 + 7);
     }
 
     #[test]

@@ -66,7 +66,8 @@ pub async fn events(
     authenticate_admin(&state, &headers, token.as_deref())?;
     let mut ticker = tokio::time::interval(INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let retry = Bytes::from(format!("retry: {}\n\n", state.retry_ms));
+    // A field line with no blank line after it: the first stats event carries it.
+    let retry = Bytes::from(format!("retry: {}\n", state.retry_ms));
     let frames = stream::unfold(
         (state, ticker, Some(retry)),
         |(state, mut ticker, first)| async move {

@@ -1,6 +1,14 @@
 //! One EventSource connection's frames: the `retry:` hint, the current state when the client
 //! missed something, then a frame per state change, with keepalives in between.
 //!
+//! Every block the feed writes is a real event. Parsers differ on blocks without one: the
+//! `jmap-client` crate turns each blank line that ends a block into a `state` event and fails
+//! on its empty data, `httpx-sse` yields an empty `message` event, `sseclient-py` drops a
+//! block that holds only `retry:` and never learns the delay. So `retry:` is a field line
+//! with no blank line after it, taken by the next event's block (the WHATWG parser applies it
+//! as the line is read), and a keepalive is a comment line that ends no block. A stream of
+//! nothing but keepalives is then one block that never ends, which every parser ignores.
+//!
 //! The feed knows nothing of HTTP: it yields the bytes to write, and both the lean writer and
 //! the hyper body write them. It compares each new state with the last one the client saw, so
 //! a client that falls behind skips straight to the newest state, and a reconnect with
@@ -45,8 +53,8 @@ pub struct FeedOptions {
     pub latency: Histogram,
 }
 
-/// The keepalive comment.
-const KEEPALIVE: &[u8] = b":\n\n";
+/// The keepalive: a comment line, ending no block.
+const KEEPALIVE: &[u8] = b":\n";
 
 /// One connection's frame source, until the client goes, the user's cell closes, or shutdown.
 /// It lives as long as its connection, so it holds no buffer and no timer of its own (but for
@@ -105,7 +113,7 @@ impl Feed {
         }
         if !self.started {
             self.started = true;
-            let mut out = format!("retry: {}\n\n", self.options.retry_ms).into_bytes();
+            let mut out = format!("retry: {}\n", self.options.retry_ms).into_bytes();
             if let Some(frame) = self.pending_frame() {
                 out.extend_from_slice(&frame);
             }
@@ -141,7 +149,7 @@ impl Feed {
     /// clients come back (to this node once restarted, or another) after that delay.
     fn goodbye(&mut self) -> Bytes {
         self.finished = true;
-        Bytes::from(format!("retry: {}\n\n", self.options.retry_ms))
+        Bytes::from(format!("retry: {}\n", self.options.retry_ms))
     }
 
     /// The next frame the cell holds for this client, most urgent first: the goodbye at
@@ -265,7 +273,7 @@ mod tests {
         let mut stream = Box::pin(stream);
         assert_eq!(
             next(&mut stream).await,
-            format!("retry: 5000\n\n{}", frame(4))
+            format!("retry: 5000\n{}", frame(4))
         );
         hub.apply("alice", &mail(5));
         hub.apply("alice", &mail(6));
@@ -273,11 +281,11 @@ mod tests {
         // Two ticks seen at once: a whole interval without a frame, so a comment.
         hub.beat();
         hub.beat();
-        assert_eq!(next(&mut stream).await, ":\n\n");
+        assert_eq!(next(&mut stream).await, ":\n");
         hub.beat();
         assert_eq!(
             next(&mut stream).await,
-            ":\n\n",
+            ":\n",
             "one comment per quiet tick"
         );
         hub.apply("alice", &mail(7));
@@ -290,7 +298,7 @@ mod tests {
         hub.close_streams();
         assert_eq!(
             next(&mut stream).await,
-            "retry: 5000\n\n",
+            "retry: 5000\n",
             "told to come back"
         );
         assert!(stream.next().await.is_none());
@@ -308,7 +316,7 @@ mod tests {
             )
             .into_stream(),
         );
-        assert_eq!(next(&mut stream).await, "retry: 5000\n\n");
+        assert_eq!(next(&mut stream).await, "retry: 5000\n");
         hub.remind("alice", Bytes::from_static(b"r0"));
         hub.remind("alice", Bytes::from_static(b"r1"));
         hub.apply("alice", &mail(3));
@@ -349,7 +357,7 @@ mod tests {
         )
         .into_stream();
         let mut stream = Box::pin(stream);
-        assert_eq!(next(&mut stream).await, "retry: 5000\n\n");
+        assert_eq!(next(&mut stream).await, "retry: 5000\n");
         let seen = UserState::from_event_id("m3c0a0");
         let stream = Feed::new(
             "alice".into(),
@@ -361,7 +369,7 @@ mod tests {
         let mut stream = Box::pin(stream);
         assert_eq!(
             next(&mut stream).await,
-            format!("retry: 5000\n\n{}", frame(4))
+            format!("retry: 5000\n{}", frame(4))
         );
     }
 
@@ -381,7 +389,7 @@ mod tests {
         )
         .into_stream();
         let mut stream = Box::pin(stream);
-        assert_eq!(next(&mut stream).await, "retry: 5000\n\n");
+        assert_eq!(next(&mut stream).await, "retry: 5000\n");
         let before = Instant::now();
         assert_eq!(
             next(&mut stream).await,
