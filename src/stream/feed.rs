@@ -283,11 +283,7 @@ mod tests {
         hub.beat();
         assert_eq!(next(&mut stream).await, ":\n");
         hub.beat();
-        assert_eq!(
-            next(&mut stream).await,
-            ":\n",
-            "one comment per quiet tick"
-        );
+        assert_eq!(next(&mut stream).await, ":\n", "one comment per quiet tick");
         hub.apply("alice", &mail(7));
         assert_eq!(next(&mut stream).await, frame(7));
         // The next tick finds a frame written since the last one: no comment, so the next
