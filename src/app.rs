@@ -29,6 +29,7 @@ use crate::notify::{
 use crate::pipeline::Pipeline;
 use crate::push::{self, DeviceCache, Providers};
 use crate::store::Store;
+use crate::stream::persist::Persistence;
 use crate::stream::{StateHub, beat};
 
 /// Every listener mailpush serves, bound before [`run`] starts.
@@ -236,6 +237,15 @@ pub async fn run(
     if config.ingest.secret.is_none() {
         tracing::info!("POST /ingest is off: ingest.secret is not set");
     }
+    let persistence = Arc::new(Persistence::new(
+        hub.clone(),
+        Arc::new(store.clone()),
+        metrics.clone(),
+    ));
+    tracker.spawn(persistence.clone().run(
+        Duration::from_millis(config.storage.state_flush_ms),
+        cancel.clone(),
+    ));
     tracker.spawn(beat::run(
         hub.clone(),
         Duration::from_secs(config.http.keepalive_secs),
@@ -256,6 +266,7 @@ pub async fn run(
         push,
         budget: budget.clone(),
         metrics_token: config.http.metrics_token.clone(),
+        persistence: persistence.clone(),
     });
     let lean_ingest = config.ingest.secret.clone().map(|secret| {
         Arc::new(http::lean_ingest::LeanIngest {
@@ -291,6 +302,10 @@ pub async fn run(
     tracker.close();
     let grace = Duration::from_secs(config.shutdown.grace_secs);
     let drained = tokio::time::timeout(grace, tracker.wait()).await;
+    // Nothing changes a state any more: the last ones go to the record.
+    if !persistence.flush().await {
+        tracing::error!("users' last states were not saved; they come back with the next events");
+    }
     for path in &socket_files {
         if let Err(err) = std::fs::remove_file(path) {
             tracing::warn!(path = %path.display(), error = %err, "cannot remove socket file");

@@ -4,8 +4,8 @@
 use std::str::FromStr;
 
 use mailpush::store::{
-    Claim, DeviceError, Environment, JobState, NewDevice, NewJob, Platform, Store, Upserted,
-    UserUpdate,
+    Claim, DeviceError, Environment, JobState, NewDevice, NewJob, Platform, Store, StoredState,
+    Upserted, UserUpdate,
 };
 use sqlx::postgres::PgConnectOptions;
 
@@ -241,6 +241,47 @@ async fn jobs_contract(store: &Store) {
     assert_eq!((user.language.as_str(), user.sms_credit), ("en", 0));
 }
 
+/// Users' states: writes only raise each value, in one batch of many users too.
+async fn states_contract(store: &Store) {
+    let state = |mail, calendar, contacts| StoredState {
+        mail,
+        calendar,
+        contacts,
+        delivered: mail,
+    };
+    assert_eq!(store.user_state("alice").await.unwrap(), None);
+    store
+        .save_user_states(&[("alice".into(), state(6, 71, 3))], 1)
+        .await
+        .unwrap();
+    // An older write (another node, a replay) lowers nothing; a newer one raises each value.
+    store
+        .save_user_states(&[("alice".into(), state(5, 80, 0))], 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.user_state("alice").await.unwrap(),
+        Some(state(6, 80, 3))
+    );
+    let many: Vec<(String, StoredState)> = (0..1200)
+        .map(|n| (format!("user{n}"), state(n, 0, 0)))
+        .collect();
+    store.save_user_states(&many, 3).await.unwrap();
+    assert_eq!(
+        store.user_state("user1199").await.unwrap(),
+        Some(state(1199, 0, 0))
+    );
+}
+
+#[tokio::test]
+async fn sqlite_states_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(None, &dir.path().join("mailpush.db"))
+        .await
+        .unwrap();
+    states_contract(&store).await;
+}
+
 #[tokio::test]
 async fn sqlite_jobs_contract() {
     let dir = tempfile::tempdir().unwrap();
@@ -292,6 +333,7 @@ async fn postgres_store_contract() {
     store.migrate().await.unwrap();
     contract(&store).await;
     jobs_contract(&store).await;
+    states_contract(&store).await;
     concurrent_claims(&store).await;
     store.migrate().await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))

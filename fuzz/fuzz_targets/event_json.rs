@@ -1,5 +1,7 @@
 //! An RFC 5423 event as JSON text (NDJSON, `POST /ingest`, the datagram's payload): mailpush's
-//! one-pass reader must never accept what is not JSON.
+//! one-pass reader must never accept what `serde_json` refuses. The yardstick is serde_json's
+//! own skipping (`IgnoredAny`), as in `src/event/json.rs`: it checks `\u` escapes in strings
+//! it skips for four hex digits, not for surrogate pairs.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     };
     if mailpush::event::from_json(text.to_owned()).is_ok() {
         assert!(
-            serde_json::from_str::<serde_json::Value>(text).is_ok(),
+            serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok(),
             "accepted what serde_json refuses: {text:?}"
         );
     }

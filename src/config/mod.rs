@@ -106,6 +106,9 @@ pub struct IngestConfig {
 pub struct StorageConfig {
     /// Folder for the generated token secret and the embedded SQLite database.
     pub data_dir: PathBuf,
+    /// How often users' live states are written to the database, in milliseconds: a crash
+    /// can lose at most this much of the record (the next event carries it again).
+    pub state_flush_ms: u64,
 }
 
 /// The database used by the device registry and the job queue.
@@ -318,6 +321,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: PathBuf::from("data"),
+            state_flush_ms: 1000,
         }
     }
 }

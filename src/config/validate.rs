@@ -75,6 +75,12 @@ impl Config {
                 "needs ingest.secret: NDJSON producers authenticate with it",
             );
         }
+        if !(10..=1000).contains(&self.storage.state_flush_ms) {
+            return fail(
+                "storage.state_flush_ms",
+                "must be 10 to 1000: states are written at least once a second",
+            );
+        }
         for (key, value) in [
             ("connections.idle_secs", self.connections.idle_secs),
             ("connections.request_secs", self.connections.request_secs),

@@ -22,6 +22,8 @@ fn accepts_what_serde_json_accepts() {
         " { \"a\" : [1, -2, 3.5e+7, 0, -0.0, 1E9, true, false, null] } \n",
         r#"{"s":"plain","e":"\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00","x":{"y":[{}]}}"#,
         "\"\\ud800\"",
+        // Found by fuzz/event_json: a lone surrogate, then text, in a skipped string.
+        r#"{"event":"M8T15","uri":"imap://m/user/alice;IA","timestamp":"1013-ice\udb5Ap2"}"#,
         "12345678901234567890123",
         "{\"a\":1,}",
         "[1,]",

@@ -1,7 +1,8 @@
 //! `GET /events` (FastMail's format) and `GET /jmap/eventsource` (RFC 8620 §7.3).
 //!
-//! Both authenticate the token, read `Last-Event-ID`, take a connection slot from the hub and
-//! stream the [`Feed`] of the token's user. A user can only ever subscribe to their own cell:
+//! Both authenticate the token, make sure the hub holds the user's stored state, read
+//! `Last-Event-ID`, take a connection slot from the hub and stream the [`Feed`] of the token's
+//! user. A user can only ever subscribe to their own cell:
 //! the user id comes from the verified token, never from the request.
 //!
 //! On a connection the lean listener serves ([`super::serve`]) the handler leaves the feed in
@@ -74,6 +75,7 @@ pub async fn legacy(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
     let user = authenticate(&state, &headers, query.access_token.as_deref())?;
+    state.persistence.ensure_loaded(&user).await;
     let feed = open_feed(&state, &headers, user, Format::Legacy, "legacy")?;
     respond(feed, lean)
 }
@@ -89,6 +91,7 @@ pub async fn jmap(
     // Authenticate before looking at the other parameters, so anonymous callers learn nothing.
     let user = authenticate(&state, &headers, query.access_token.as_deref())?;
     let format = jmap_format(&query)?;
+    state.persistence.ensure_loaded(&user).await;
     let feed = open_feed(&state, &headers, user, format, "jmap")?;
     respond(feed, lean)
 }

@@ -31,6 +31,7 @@ use crate::metrics::{Levels, Metrics};
 use crate::pipeline::Pipeline;
 use crate::push::{DeviceCache, PushHandle};
 use crate::store::Store;
+use crate::stream::persist::Persistence;
 use crate::stream::{StateHub, SubscribeError};
 
 /// What the handlers share.
@@ -62,6 +63,8 @@ pub struct HttpState {
     pub budget: Arc<ConnectionBudget>,
     /// The bearer token `/metrics` asks for; None leaves it open.
     pub metrics_token: Option<Secret>,
+    /// Reads a user's stored state before their stream opens.
+    pub persistence: Arc<Persistence>,
 }
 
 /// Builds the router with every endpoint.

@@ -100,6 +100,8 @@ pub struct Metrics {
     known_slots: RwLock<HashSet<String>>,
     packets_rejected: Family<RejectLabels, Counter>,
     state_updates: Counter,
+    states_saved: Counter,
+    state_record_failures: Family<OperationLabels, Counter>,
     connections: Gauge,
     open_connections: Gauge,
     connection_budget: Gauge,
@@ -129,6 +131,11 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -181,6 +188,18 @@ impl Metrics {
             "state_updates",
             "Events that raised a user's live state",
             state_updates.clone(),
+        );
+        let states_saved = Counter::default();
+        registry.register(
+            "states_saved",
+            "Users' states written to the state record (the database)",
+            states_saved.clone(),
+        );
+        let state_record_failures = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "state_record_failures",
+            "State record reads (load) and writes (save) that failed; a failed write is retried",
+            state_record_failures.clone(),
         );
         let connections = Gauge::default();
         registry.register(
@@ -276,6 +295,8 @@ impl Metrics {
             known_slots: RwLock::new(HashSet::new()),
             packets_rejected,
             state_updates,
+            states_saved,
+            state_record_failures,
             connections,
             open_connections,
             connection_budget,
@@ -312,6 +333,18 @@ impl Metrics {
             })
             .inc();
         self.totals.rejected(source, error, size, packet);
+    }
+
+    /// Counts users' states written to the record.
+    pub fn states_saved(&self, count: usize) {
+        self.states_saved.inc_by(count as u64);
+    }
+
+    /// Counts a failed read (`load`) or write (`save`) of the state record.
+    pub fn state_record_failed(&self, operation: &'static str) {
+        self.state_record_failures
+            .get_or_create(&OperationLabels { operation })
+            .inc();
     }
 
     /// Counts an event that moved a user's state.

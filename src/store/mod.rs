@@ -1,11 +1,12 @@
 //! The database: a SQLite file by default, PostgreSQL in production, with the same queries and
 //! embedded migrations for each (`migrations/sqlite`, `migrations/postgres`).
 //!
-//! One file per table ([`devices`], [`jobs`], [`users`]). The fast path never awaits the store: it reads caches
+//! One file per table ([`devices`], [`jobs`], [`states`], [`users`]). The fast path never awaits the store: it reads caches
 //! that the store's callers keep up to date.
 
 pub mod devices;
 pub mod jobs;
+pub mod states;
 pub mod users;
 
 use std::path::Path;
@@ -19,6 +20,7 @@ use sqlx::{PgPool, SqlitePool};
 
 pub use devices::{Device, DeviceError, Environment, NewDevice, Platform, Upserted};
 pub use jobs::{Claim, Job, JobState, NewJob};
+pub use states::StoredState;
 pub use users::{User, UserUpdate};
 
 /// A connection pool to one of the two supported databases.

@@ -4,10 +4,12 @@
 //! a period's comments never go out in one burst (at 100,000 streams that would be 100,000
 //! writes, and the events arriving meanwhile would wait behind them). Keeping each slice's
 //! cells in a list of its own means a beat visits only its slice, however fine the slicing.
-//! Cells are never removed (a user's state outlives their connections), so the lists only grow.
+//! The cells whose state moved since the last write to the record are listed too
+//! ([`Cells::mark_dirty`]), so the writer visits only those.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::Arc;
 
 use super::cell::Sender;
 use super::state::Cell;
@@ -17,8 +19,10 @@ pub const SLICES: usize = 256;
 
 /// Every user's cell, found by user name or by slice.
 pub struct Cells {
-    by_user: HashMap<Box<str>, Sender<Cell>>,
+    by_user: HashMap<Arc<str>, Sender<Cell>>,
     by_slice: Vec<Vec<Sender<Cell>>>,
+    /// Users whose cell says `dirty`, each once.
+    dirty: Vec<Arc<str>>,
 }
 
 impl Default for Cells {
@@ -26,6 +30,7 @@ impl Default for Cells {
         Cells {
             by_user: HashMap::new(),
             by_slice: vec![Vec::new(); SLICES],
+            dirty: Vec::new(),
         }
     }
 }
@@ -49,6 +54,18 @@ impl Cells {
         let sender = Sender::new(cell);
         self.by_slice[slice_of(user)].push(sender.clone());
         self.by_user.insert(user.into(), sender);
+    }
+
+    /// Lists `user` among the dirty ones (the caller set its cell's flag).
+    pub fn mark_dirty(&mut self, user: &str) {
+        if let Some((name, _)) = self.by_user.get_key_value(user) {
+            self.dirty.push(name.clone());
+        }
+    }
+
+    /// Takes the list of dirty users.
+    pub fn take_dirty(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.dirty)
     }
 
     /// Every cell.

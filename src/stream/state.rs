@@ -45,6 +45,10 @@ pub struct Cell {
     pub beats: u64,
     /// Set at shutdown: every stream writes its goodbye and ends.
     pub closing: bool,
+    /// The state moved since it was last handed to the record ([`super::persist`]).
+    pub dirty: bool,
+    /// The record's state has been merged in (the hub reads it before a stream opens).
+    pub loaded: bool,
 }
 
 /// Why a subscription was refused.
@@ -94,6 +98,16 @@ impl UserState {
         raise(&mut self.contacts, change.contacts);
         raise(&mut self.delivered, change.delivered);
         *self != before
+    }
+
+    /// Raises each value to `other`'s when that is higher; returns whether anything moved.
+    pub fn raise_to(&mut self, other: &UserState) -> bool {
+        self.raise(&StateChange {
+            mail: Some(other.mail),
+            calendar: Some(other.calendar),
+            contacts: Some(other.contacts),
+            delivered: Some(other.delivered),
+        })
     }
 
     /// Whether a client that saw `seen` has missed something.
@@ -148,20 +162,23 @@ impl StateHub {
     }
 
     /// Raises a user's state and wakes their connections if it moved; returns whether it did.
-    /// Never waits: this runs on the ingest path.
+    /// Never waits: this runs on the ingest path. A state that moved is marked for the record.
     pub fn apply(&self, user: &str, change: &StateChange) -> bool {
         let mut users = self.cells();
         let now = std::time::Instant::now();
-        let raise = |cell: &mut Cell| {
+        let mut newly_dirty = false;
+        let mut raise = |cell: &mut Cell| {
             let moved = cell.state.raise(change);
             if moved {
                 cell.frame = super::legacy::frame(&cell.state);
                 cell.changed_at = Some(now);
+                newly_dirty = !cell.dirty;
+                cell.dirty = true;
             }
             moved
         };
-        match users.get(user) {
-            Some(sender) => sender.send_if_modified(raise),
+        let moved = match users.get(user) {
+            Some(sender) => sender.send_if_modified(&mut raise),
             None => {
                 let mut cell = self.new_cell();
                 let moved = raise(&mut cell);
@@ -169,6 +186,69 @@ impl StateHub {
                     users.insert(user, cell);
                 }
                 moved
+            }
+        };
+        if newly_dirty {
+            users.mark_dirty(user);
+        }
+        moved
+    }
+
+    /// Whether the record's state of `user` is in memory already.
+    pub fn is_loaded(&self, user: &str) -> bool {
+        let users = self.cells();
+        users.get(user).is_some_and(|cell| cell.borrow().loaded)
+    }
+
+    /// Merges the record's state of `user` (None: it has none) into memory. What is merged is
+    /// stored already, so it does not make the user dirty.
+    pub fn merge_loaded(&self, user: &str, stored: Option<&UserState>) {
+        let mut users = self.cells();
+        let cell = users.get_or_insert_with(user, || self.new_cell());
+        cell.send_if_modified(|cell| {
+            cell.loaded = true;
+            let moved = stored.is_some_and(|stored| cell.state.raise_to(stored));
+            if moved {
+                cell.frame = super::legacy::frame(&cell.state);
+            }
+            moved
+        });
+    }
+
+    /// The states that moved since the last call, for the record; their cells are clean now.
+    pub fn take_dirty(&self) -> Vec<(String, UserState)> {
+        let mut users = self.cells();
+        let names = users.take_dirty();
+        let mut dirty = Vec::with_capacity(names.len());
+        for name in names {
+            let Some(cell) = users.get(&name) else {
+                continue;
+            };
+            // A quiet change: the flag is not news to any stream.
+            cell.send_if_modified(|cell| {
+                cell.dirty = false;
+                dirty.push((name.to_string(), cell.state));
+                false
+            });
+        }
+        dirty
+    }
+
+    /// Marks these users dirty again after the record failed to take them.
+    pub fn mark_dirty_again(&self, states: &[(String, UserState)]) {
+        let mut users = self.cells();
+        for (user, _) in states {
+            let Some(cell) = users.get(user) else {
+                continue;
+            };
+            let mut newly_dirty = false;
+            cell.send_if_modified(|cell| {
+                newly_dirty = !cell.dirty;
+                cell.dirty = true;
+                false
+            });
+            if newly_dirty {
+                users.mark_dirty(user);
             }
         }
     }

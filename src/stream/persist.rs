@@ -1,0 +1,207 @@
+//! Live state beyond the process: each user's state is written behind the hub to a
+//! [`StateRecord`] (the database now; a shared key-value store when several nodes serve the
+//! same users), and read back before a stream opens for a user the hub has not loaded.
+//!
+//! Why: the state is what a reconnecting client's `Last-Event-ID` is compared with. Held only
+//! in memory, a restart started every user at zero, so the next change came with calendar and
+//! contacts modseqs of 0 and clients resynced for nothing. Now ids and modseqs never go back
+//! across a clean restart (the last changes are written at shutdown), and across a crash only
+//! the changes of the last flush period (`storage.state_flush_ms`, 1 s) can be missing from the
+//! record until the next event carries them again.
+//!
+//! Nothing here is on the ingest path: `apply` marks a user dirty under the lock it already
+//! holds, and the writer task takes the dirty users once a period and saves them in one batch.
+//! A record that is away keeps them dirty until it is back.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::state::{StateHub, UserState};
+use crate::metrics::Metrics;
+
+/// What a [`StateRecord`] call returns.
+pub type RecordFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, RecordError>> + Send + 'a>>;
+
+/// A record that could not be read or written (the database is away, say).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct RecordError(pub String);
+
+/// Where users' states are kept beyond the process. Saving only ever raises a stored value,
+/// whatever the order of writers.
+pub trait StateRecord: Send + Sync {
+    /// The stored state of `user`, if any.
+    fn load<'a>(&'a self, user: &'a str) -> RecordFuture<'a, Option<UserState>>;
+    /// Raises the stored states of these users to these values.
+    fn save<'a>(&'a self, states: &'a [(String, UserState)]) -> RecordFuture<'a, ()>;
+}
+
+/// The hub and its record, for the handlers that open streams and the writer task.
+pub struct Persistence {
+    hub: Arc<StateHub>,
+    record: Arc<dyn StateRecord>,
+    metrics: Arc<Metrics>,
+}
+
+/// How long a stream's opening waits for the record before it goes on with what is in memory.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Persistence {
+    /// Connects the hub to its record.
+    pub fn new(
+        hub: Arc<StateHub>,
+        record: Arc<dyn StateRecord>,
+        metrics: Arc<Metrics>,
+    ) -> Persistence {
+        Persistence {
+            hub,
+            record,
+            metrics,
+        }
+    }
+
+    /// Makes sure the hub holds `user`'s stored state before a stream of theirs opens. A record
+    /// that does not answer is logged and skipped: the stream opens on what memory knows, and
+    /// the next opening tries again.
+    pub async fn ensure_loaded(&self, user: &str) {
+        if self.hub.is_loaded(user) {
+            return;
+        }
+        match tokio::time::timeout(LOAD_TIMEOUT, self.record.load(user)).await {
+            Ok(Ok(stored)) => self.hub.merge_loaded(user, stored.as_ref()),
+            Ok(Err(err)) => {
+                self.metrics.state_record_failed("load");
+                tracing::warn!(user = %user, error = %err, "cannot read the user's stored state");
+            }
+            Err(_) => {
+                self.metrics.state_record_failed("load");
+                tracing::warn!(user = %user, "the state record did not answer in 2 s");
+            }
+        }
+    }
+
+    /// Writes every dirty user's state; true when there was nothing to write or it was written.
+    pub async fn flush(&self) -> bool {
+        let dirty = self.hub.take_dirty();
+        if dirty.is_empty() {
+            return true;
+        }
+        match self.record.save(&dirty).await {
+            Ok(()) => {
+                self.metrics.states_saved(dirty.len());
+                true
+            }
+            Err(err) => {
+                self.metrics.state_record_failed("save");
+                tracing::error!(users = dirty.len(), error = %err, "cannot save users' states; keeping them for the next try");
+                self.hub.mark_dirty_again(&dirty);
+                false
+            }
+        }
+    }
+
+    /// Flushes once every `period` until shutdown. The last flush is the caller's, once
+    /// nothing can change a state any more.
+    pub async fn run(self: Arc<Self>, period: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            self.flush().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::StateChange;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// A record in memory, that can be told to fail.
+    #[derive(Default)]
+    struct Memory {
+        states: Mutex<HashMap<String, UserState>>,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl StateRecord for Memory {
+        fn load<'a>(&'a self, user: &'a str) -> RecordFuture<'a, Option<UserState>> {
+            Box::pin(async move { Ok(self.states.lock().unwrap().get(user).copied()) })
+        }
+
+        fn save<'a>(&'a self, states: &'a [(String, UserState)]) -> RecordFuture<'a, ()> {
+            Box::pin(async move {
+                if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(RecordError("away".into()));
+                }
+                let mut stored = self.states.lock().unwrap();
+                for (user, state) in states {
+                    stored.entry(user.clone()).or_default().raise_to(state);
+                }
+                Ok(())
+            })
+        }
+    }
+
+    fn change(mail: u64, calendar: u64) -> StateChange {
+        StateChange {
+            mail: Some(mail),
+            calendar: Some(calendar),
+            ..StateChange::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn states_are_written_behind_and_read_back_after_a_restart() {
+        let record = Arc::new(Memory::default());
+        let hub = Arc::new(StateHub::new(10, 10));
+        let persistence = Persistence::new(hub.clone(), record.clone(), Default::default());
+        hub.apply("alice", &change(6, 71));
+        hub.apply("alice", &change(7, 71));
+        hub.apply("bob", &change(1, 0));
+        assert!(persistence.flush().await);
+        assert_eq!(record.states.lock().unwrap()["alice"].mail, 7, "coalesced");
+        assert_eq!(record.states.lock().unwrap().len(), 2);
+        assert!(hub.take_dirty().is_empty(), "nothing dirty after a flush");
+
+        // A new process: an event for alice's mail alone must not put calendar back to 0 once
+        // a stream opens.
+        let hub = Arc::new(StateHub::new(10, 10));
+        let persistence = Persistence::new(hub.clone(), record.clone(), Default::default());
+        hub.apply("alice", &change(8, 0));
+        assert!(!hub.is_loaded("alice"));
+        persistence.ensure_loaded("alice").await;
+        let state = hub.current("alice");
+        assert_eq!((state.mail, state.calendar), (8, 71));
+        assert!(hub.is_loaded("alice"));
+        persistence.ensure_loaded("carol").await;
+        assert_eq!(hub.current("carol"), UserState::default());
+    }
+
+    #[tokio::test]
+    async fn a_record_that_is_away_keeps_the_states_dirty() {
+        let record = Arc::new(Memory::default());
+        record
+            .failing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let hub = Arc::new(StateHub::new(10, 10));
+        let persistence = Persistence::new(hub.clone(), record.clone(), Default::default());
+        hub.apply("alice", &change(3, 0));
+        assert!(!persistence.flush().await);
+        hub.apply("alice", &change(4, 0));
+        record
+            .failing
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        assert!(persistence.flush().await);
+        assert_eq!(record.states.lock().unwrap()["alice"].mail, 4);
+    }
+}
