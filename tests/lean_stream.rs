@@ -31,16 +31,6 @@ fn after_retry(frame: &str) -> &str {
     rest
 }
 
-/// Reads one chunk of a chunked body: its size line, its bytes, its CRLF.
-async fn read_chunk(raw: &mut Raw) -> String {
-    let size_line = raw.until("\r\n").await;
-    let size = usize::from_str_radix(size_line.trim_end(), 16)
-        .unwrap_or_else(|_| panic!("a chunk size: {size_line:?}"));
-    let chunk = raw.take(size).await;
-    assert_eq!(raw.take(2).await, "\r\n", "after the chunk {chunk:?}");
-    chunk
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_connection_gets_one_chunk_per_frame_and_frees_its_slot_on_close() {
     let app = TestApp::start().await;
@@ -62,18 +52,18 @@ async fn a_new_connection_gets_one_chunk_per_frame_and_frees_its_slot_on_close()
     assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
     assert!(!head.contains("content-length"), "{head}");
     // Nothing to say yet: the reconnection hint as a field line that ends no block.
-    assert_eq!(after_retry(&read_chunk(&mut raw).await), "");
+    assert_eq!(after_retry(&raw.chunk().await), "");
 
     app.send_datagram(&common::mail_event_datagram("alice", 7));
     assert_eq!(
-        read_chunk(&mut raw).await,
+        raw.chunk().await,
         "event: push\nid: m7c0a0\ndata: {\"mailModSeq\":7,\"calendarModSeq\":0,\"contactsModSeq\":0}\n\n",
         "one frame, one chunk"
     );
     // Bytes from the client do not disturb the stream.
     raw.send("stray bytes").await;
     app.send_datagram(&common::mail_event_datagram("alice", 8));
-    assert!(read_chunk(&mut raw).await.contains("id: m8c0a0\n"));
+    assert!(raw.chunk().await.contains("id: m8c0a0\n"));
 
     assert_eq!(connections(&app).await, 1.0);
     drop(raw);
@@ -94,12 +84,12 @@ async fn a_state_waiting_at_connect_carries_the_retry_hint_in_its_block() {
     raw.send(&stream_request(&app.token("alice"))).await;
     raw.until("\r\n\r\n").await;
     assert_eq!(
-        after_retry(&read_chunk(&mut raw).await),
+        after_retry(&raw.chunk().await),
         "event: push\nid: m3c0a0\ndata: {\"mailModSeq\":3,\"calendarModSeq\":0,\"contactsModSeq\":0}\n\n"
     );
     // At shutdown: the hint again, then the end of the body.
     app.stop().await;
-    assert_eq!(after_retry(&read_chunk(&mut raw).await), "");
+    assert_eq!(after_retry(&raw.chunk().await), "");
     assert_eq!(raw.read_to_close().await, "0\r\n\r\n");
 }
 

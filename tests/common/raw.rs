@@ -74,6 +74,16 @@ impl Raw {
         self.read.extend_from_slice(&buf[..n]);
     }
 
+    /// Reads one chunk of a chunked body: its size line, its bytes, its CRLF.
+    pub async fn chunk(&mut self) -> String {
+        let size_line = self.until("\r\n").await;
+        let size = usize::from_str_radix(size_line.trim_end(), 16)
+            .unwrap_or_else(|_| panic!("a chunk size: {size_line:?}"));
+        let chunk = self.take(size).await;
+        assert_eq!(self.take(2).await, "\r\n", "after the chunk {chunk:?}");
+        chunk
+    }
+
     /// Reads to the end of the connection.
     pub async fn read_to_close(&mut self) -> String {
         tokio::time::timeout(DEADLINE, self.socket.read_to_end(&mut self.read))
