@@ -279,6 +279,7 @@ pub async fn run(
     let timeouts = http::serve::Timeouts {
         idle: Duration::from_secs(config.connections.idle_secs),
         request: Duration::from_secs(config.connections.request_secs),
+        send: Duration::from_secs(config.http.send_timeout_secs),
     };
     tracker.spawn(http::serve::serve(
         listeners.http,

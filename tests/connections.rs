@@ -138,3 +138,61 @@ async fn listeners_have_a_deep_backlog() {
         .unwrap();
     assert_eq!(backlog, somaxconn.min(4096), "{listing}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_stopped_reading_is_closed_after_the_send_timeout() {
+    let app = TestApp::builder()
+        .env("MAILPUSH_HTTP__SEND_TIMEOUT_SECS", "1")
+        .start()
+        .await;
+    let mut bob = app.sse("bob").await;
+    // Alice's client has a small receive window and never reads past the head.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut alice = socket.connect(app.http).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut alice,
+        format!(
+            "GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            app.token("alice")
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Calendar reminders of 50 KB each until the writer finds the socket full and gives up
+    // (bounded: the kernel's buffers hold a few megabytes at most).
+    let summary = "x".repeat(50_000);
+    let mut events = 0u64;
+    let timed_out = loop {
+        for _ in 0..20 {
+            events += 1;
+            let alarm = format!(
+                r#"{{"event":"CalendarAlarm","userId":"alice","uid":"e{events}","alarmTime":"20261128T145123Z","action":"display","alarmRecipients":[],"summary":"{summary}","start":"20261128T150053Z"}}"#
+            );
+            let datagram = [
+                b"mailpush\0EVENT\0\0\0\x000\0".as_slice(),
+                alarm.as_bytes(),
+                b"\0",
+            ]
+            .concat();
+            app.send_datagram(&datagram);
+        }
+        if limit(&app.metrics().await, "send_timeout") >= 1.0 {
+            break true;
+        }
+        if events >= 10_000 {
+            break false;
+        }
+    };
+    assert!(timed_out, "no send timeout after {events} reminders");
+    eprintln!("alice's stream closed after {events} reminders");
+    // The other streams go on.
+    app.send_datagram(&common::mail_event_datagram("bob", 5));
+    assert_eq!(bob.next_state().await.0, 5);
+    common::wait_until("alice's slot freed", || async {
+        metric(&app.metrics().await, "mailpush_eventsource_connections") == 1.0
+    })
+    .await;
+    drop(alice);
+}

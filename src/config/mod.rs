@@ -63,6 +63,9 @@ pub struct HttpConfig {
     pub retry_ms: u64,
     /// Largest request body accepted, for `POST /ingest`.
     pub max_body_bytes: usize,
+    /// How long a stream's write may wait for a client that stopped reading before the stream
+    /// is closed (nginx's `send_timeout`), in seconds.
+    pub send_timeout_secs: u64,
     /// A bearer token that `GET /metrics` requires; without it `/metrics` is open to anyone
     /// who reaches `listen` (keep that on a private address, or set this).
     #[serde(deserialize_with = "optional_secret")]
@@ -296,6 +299,7 @@ impl Default for HttpConfig {
             keepalive_secs: 25,
             retry_ms: 5_000,
             max_body_bytes: 1 << 20,
+            send_timeout_secs: 30,
             metrics_token: None,
             cors_origins: Vec::new(),
         }

@@ -85,6 +85,7 @@ impl Config {
             ("connections.idle_secs", self.connections.idle_secs),
             ("connections.request_secs", self.connections.request_secs),
             ("connections.backlog", u64::from(self.connections.backlog)),
+            ("http.send_timeout_secs", self.http.send_timeout_secs),
         ] {
             if value == 0 {
                 return fail(key, "must be at least 1");

@@ -56,6 +56,8 @@ pub struct Timeouts {
     pub idle: Duration,
     /// From a request head to its answer.
     pub request: Duration,
+    /// How long a stream's write may wait for a client that stopped reading.
+    pub send: Duration,
 }
 
 /// Accepts connections until `cancel` fires; each one is a task on `tracker`, so shutdown can
@@ -181,7 +183,7 @@ impl Connection {
                 head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
                 // A task of its own, so that what the setup needed (this task's room for routing
                 // and parsing futures) is freed now rather than held for the stream's life.
-                tracker.spawn(write_stream(socket, head, feed, permit));
+                tracker.spawn(write_stream(socket, head, feed, permit, timeouts.send));
             }
             None => Box::pin(write_response(socket, response)).await,
         }
@@ -319,21 +321,39 @@ async fn write_response(mut socket: TcpStream, response: Response<Body>) {
 ///
 /// A plain function returning an `async move` block: an `async fn` would store its arguments
 /// twice in the future (rust-lang/rust#62958), and this future is the connection's whole cost.
+///
+/// A write the socket takes at once needs no timer. Only one that finds the socket full (the
+/// client stopped reading) waits, for at most `send_timeout`, in a boxed future, so an idle
+/// stream carries no timer's room; past it the stream is closed and counted (`send_timeout`).
 fn write_stream(
     mut socket: TcpStream,
     head: Vec<u8>,
     mut feed: Feed,
     permit: Permit,
+    send_timeout: Duration,
 ) -> impl std::future::Future<Output = ()> + Send {
     let mut out = head;
     async move {
         // The stream's place in the connection budget, given back when it ends.
-        let _permit = permit;
+        let permit = permit;
         let mut ended = false;
         loop {
             // The one place that writes (the last chunk too), so the future holds one write.
-            if socket.write_all(&out).await.is_err() {
-                return;
+            let taken = match socket.try_write(&out) {
+                Ok(taken) => taken,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(_) => return,
+            };
+            if taken < out.len() {
+                let rest = Box::pin(socket.write_all(&out[taken..]));
+                match tokio::time::timeout(send_timeout, rest).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        permit.limit_reached("send_timeout");
+                        return;
+                    }
+                }
             }
             if ended {
                 let _ = socket.shutdown().await;
@@ -680,7 +700,7 @@ mod tests {
         let crate::listen::Admission::Admitted(permit) = budget.admit() else {
             panic!("room for one")
         };
-        let stream = write_stream(socket, Vec::new(), feed, permit);
+        let stream = write_stream(socket, Vec::new(), feed, permit, Duration::from_secs(1));
         let size = std::mem::size_of_val(&stream);
         assert!(size <= 512, "the stream future grew to {size} bytes");
     }
