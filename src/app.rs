@@ -29,7 +29,7 @@ use crate::notify::{
 use crate::pipeline::Pipeline;
 use crate::push::{self, DeviceCache, Providers};
 use crate::store::Store;
-use crate::stream::persist::Persistence;
+use crate::stream::persist::{self, Persistence};
 use crate::stream::{StateHub, beat};
 
 /// Every listener mailpush serves, bound before [`run`] starts.
@@ -244,6 +244,12 @@ pub async fn run(
     ));
     tracker.spawn(persistence.clone().run(
         Duration::from_millis(config.storage.state_flush_ms),
+        cancel.clone(),
+    ));
+    tracker.spawn(persist::run_evictor(
+        hub.clone(),
+        Duration::from_secs(config.http.idle_user_secs),
+        metrics.clone(),
         cancel.clone(),
     ));
     tracker.spawn(beat::run(

@@ -66,6 +66,9 @@ pub struct HttpConfig {
     /// How long a stream's write may wait for a client that stopped reading before the stream
     /// is closed (nginx's `send_timeout`), in seconds.
     pub send_timeout_secs: u64,
+    /// A user with no open stream whose state has not moved for this long leaves memory (their
+    /// state stays in the database), so memory holds the active users only; in seconds.
+    pub idle_user_secs: u64,
     /// A bearer token that `GET /metrics` requires; without it `/metrics` is open to anyone
     /// who reaches `listen` (keep that on a private address, or set this).
     #[serde(deserialize_with = "optional_secret")]
@@ -300,6 +303,7 @@ impl Default for HttpConfig {
             retry_ms: 5_000,
             max_body_bytes: 1 << 20,
             send_timeout_secs: 30,
+            idle_user_secs: 300,
             metrics_token: None,
             cors_origins: Vec::new(),
         }

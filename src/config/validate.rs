@@ -86,6 +86,7 @@ impl Config {
             ("connections.request_secs", self.connections.request_secs),
             ("connections.backlog", u64::from(self.connections.backlog)),
             ("http.send_timeout_secs", self.http.send_timeout_secs),
+            ("http.idle_user_secs", self.http.idle_user_secs),
         ] {
             if value == 0 {
                 return fail(key, "must be at least 1");

@@ -127,6 +127,7 @@ impl HttpState {
             push_queue: self.push.queue_len(),
             open_connections: self.budget.open(),
             connection_budget: self.budget.max(),
+            users_in_memory: self.hub.users(),
         }
     }
 }

@@ -101,6 +101,8 @@ pub struct Metrics {
     packets_rejected: Family<RejectLabels, Counter>,
     state_updates: Counter,
     states_saved: Counter,
+    users_evicted: Counter,
+    users_in_memory: Gauge,
     state_record_failures: Family<OperationLabels, Counter>,
     connections: Gauge,
     open_connections: Gauge,
@@ -153,6 +155,8 @@ pub struct Levels {
     /// Connections of every kind open now, and the budget they share.
     pub open_connections: usize,
     pub connection_budget: usize,
+    /// Users whose state is in memory.
+    pub users_in_memory: usize,
 }
 
 impl Default for Metrics {
@@ -194,6 +198,18 @@ impl Metrics {
             "states_saved",
             "Users' states written to the state record (the database)",
             states_saved.clone(),
+        );
+        let users_evicted = Counter::default();
+        registry.register(
+            "users_evicted",
+            "Idle users dropped from memory (their state stays in the record)",
+            users_evicted.clone(),
+        );
+        let users_in_memory = Gauge::default();
+        registry.register(
+            "users_in_memory",
+            "Users whose live state is in memory now",
+            users_in_memory.clone(),
         );
         let state_record_failures = Family::<OperationLabels, Counter>::default();
         registry.register(
@@ -296,6 +312,8 @@ impl Metrics {
             packets_rejected,
             state_updates,
             states_saved,
+            users_evicted,
+            users_in_memory,
             state_record_failures,
             connections,
             open_connections,
@@ -338,6 +356,11 @@ impl Metrics {
     /// Counts users' states written to the record.
     pub fn states_saved(&self, count: usize) {
         self.states_saved.inc_by(count as u64);
+    }
+
+    /// Counts idle users dropped from memory.
+    pub fn users_evicted(&self, count: usize) {
+        self.users_evicted.inc_by(count as u64);
     }
 
     /// Counts a failed read (`load`) or write (`save`) of the state record.
@@ -428,6 +451,7 @@ impl Metrics {
         self.push_queue.set(gauge(levels.push_queue));
         self.open_connections.set(gauge(levels.open_connections));
         self.connection_budget.set(gauge(levels.connection_budget));
+        self.users_in_memory.set(gauge(levels.users_in_memory));
         let mut text = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::error!(error = %err, "cannot render metrics");

@@ -5,7 +5,8 @@
 //! writes, and the events arriving meanwhile would wait behind them). Keeping each slice's
 //! cells in a list of its own means a beat visits only its slice, however fine the slicing.
 //! The cells whose state moved since the last write to the record are listed too
-//! ([`Cells::mark_dirty`]), so the writer visits only those.
+//! ([`Cells::mark_dirty`]), so the writer visits only those, and idle cells leave a slice at a
+//! time ([`Cells::evict`]), so no sweep holds the lock for long.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -20,7 +21,7 @@ pub const SLICES: usize = 256;
 /// Every user's cell, found by user name or by slice.
 pub struct Cells {
     by_user: HashMap<Arc<str>, Sender<Cell>>,
-    by_slice: Vec<Vec<Sender<Cell>>>,
+    by_slice: Vec<Vec<(Arc<str>, Sender<Cell>)>>,
     /// Users whose cell says `dirty`, each once.
     dirty: Vec<Arc<str>>,
 }
@@ -52,8 +53,9 @@ impl Cells {
     /// Adds a cell for a user who has none.
     pub fn insert(&mut self, user: &str, cell: Cell) {
         let sender = Sender::new(cell);
-        self.by_slice[slice_of(user)].push(sender.clone());
-        self.by_user.insert(user.into(), sender);
+        let name: Arc<str> = user.into();
+        self.by_slice[slice_of(user)].push((name.clone(), sender.clone()));
+        self.by_user.insert(name, sender);
     }
 
     /// Lists `user` among the dirty ones (the caller set its cell's flag).
@@ -73,9 +75,34 @@ impl Cells {
         self.by_user.values()
     }
 
-    /// The cells of one slice (`slice < SLICES`).
-    pub fn slice(&self, slice: usize) -> &[Sender<Cell>] {
+    /// The cells of one slice (`slice < SLICES`), with their users.
+    pub fn slice(&self, slice: usize) -> &[(Arc<str>, Sender<Cell>)] {
         &self.by_slice[slice]
+    }
+
+    /// Removes the cells of one slice that `evict` picks; returns how many.
+    pub fn evict(&mut self, slice: usize, evict: impl Fn(&Sender<Cell>) -> bool) -> usize {
+        let mut evicted = 0;
+        let by_user = &mut self.by_user;
+        self.by_slice[slice].retain(|(name, cell)| {
+            let keep = !evict(cell);
+            if !keep {
+                by_user.remove(name);
+                evicted += 1;
+            }
+            keep
+        });
+        evicted
+    }
+
+    /// Users in memory.
+    pub fn len(&self) -> usize {
+        self.by_user.len()
+    }
+
+    /// Whether no user is in memory.
+    pub fn is_empty(&self) -> bool {
+        self.by_user.is_empty()
     }
 }
 

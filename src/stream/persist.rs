@@ -119,6 +119,33 @@ impl Persistence {
     }
 }
 
+/// Lets idle users leave memory until shutdown: one keepalive-sized slice of the users at a
+/// time, so a whole pass takes `idle` and no pass holds the hub's lock for long. A user with
+/// no stream, nothing unsaved and nothing new for `idle` is dropped; their state stays in the
+/// record, and is read back before their next stream opens.
+pub async fn run_evictor(
+    hub: Arc<StateHub>,
+    idle: Duration,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let step = (idle / super::cells::SLICES as u32).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(step);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut slice = 0;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(cutoff) = std::time::Instant::now().checked_sub(idle) {
+            let evicted = hub.evict_idle(slice, cutoff);
+            metrics.users_evicted(evicted);
+        }
+        slice = (slice + 1) % super::cells::SLICES;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +212,33 @@ mod tests {
         assert!(hub.is_loaded("alice"));
         persistence.ensure_loaded("carol").await;
         assert_eq!(hub.current("carol"), UserState::default());
+    }
+
+    #[tokio::test]
+    async fn idle_users_leave_memory_and_come_back_from_the_record() {
+        let record = Arc::new(Memory::default());
+        let hub = Arc::new(StateHub::new(10, 10));
+        let persistence = Persistence::new(hub.clone(), record.clone(), Default::default());
+        hub.apply("alice", &change(6, 71));
+        hub.apply("bob", &change(2, 0));
+        let streaming = hub.subscribe("bob").unwrap();
+        let later = std::time::Instant::now() + Duration::from_secs(3600);
+        let evict_all = |hub: &StateHub| -> usize {
+            (0..crate::stream::cells::SLICES)
+                .map(|slice| hub.evict_idle(slice, later))
+                .sum()
+        };
+        assert_eq!(evict_all(&hub), 0, "unsaved states stay");
+        assert!(persistence.flush().await);
+        assert_eq!(evict_all(&hub), 1, "alice leaves; bob has a stream");
+        assert_eq!(hub.users(), 1);
+        drop(streaming);
+        assert_eq!(evict_all(&hub), 1);
+        assert_eq!(hub.users(), 0);
+        // Alice's next change comes with her mail modseq only; her stream still sees 71.
+        hub.apply("alice", &change(7, 0));
+        persistence.ensure_loaded("alice").await;
+        assert_eq!(hub.current("alice").calendar, 71);
     }
 
     #[tokio::test]

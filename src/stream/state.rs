@@ -49,6 +49,9 @@ pub struct Cell {
     pub dirty: bool,
     /// The record's state has been merged in (the hub reads it before a stream opens).
     pub loaded: bool,
+    /// When the state last moved, was loaded, or a stream subscribed: a cell untouched for
+    /// `http.idle_user_secs` with no stream leaves memory.
+    pub touched_at: Option<std::time::Instant>,
 }
 
 /// Why a subscription was refused.
@@ -172,6 +175,7 @@ impl StateHub {
             if moved {
                 cell.frame = super::legacy::frame(&cell.state);
                 cell.changed_at = Some(now);
+                cell.touched_at = Some(now);
                 newly_dirty = !cell.dirty;
                 cell.dirty = true;
             }
@@ -207,6 +211,7 @@ impl StateHub {
         let cell = users.get_or_insert_with(user, || self.new_cell());
         cell.send_if_modified(|cell| {
             cell.loaded = true;
+            cell.touched_at = Some(std::time::Instant::now());
             let moved = stored.is_some_and(|stored| cell.state.raise_to(stored));
             if moved {
                 cell.frame = super::legacy::frame(&cell.state);
@@ -270,6 +275,11 @@ impl StateHub {
         if cell.receiver_count() >= self.max_connections_per_user {
             return Err(SubscribeError::UserLimit);
         }
+        // A quiet change: the stream opening is no news to the others.
+        cell.send_if_modified(|cell| {
+            cell.touched_at = Some(std::time::Instant::now());
+            false
+        });
         let receiver = cell.subscribe();
         let (reminders_seen, beats_seen) = {
             let cell = receiver.borrow();
@@ -317,6 +327,25 @@ impl StateHub {
         }
     }
 
+    /// Drops the cells of one slice whose users have no stream, nothing unsaved, and nothing
+    /// that touched them since `cutoff`: their state is in the record, and memory holds only
+    /// users who are active. Returns how many left.
+    pub fn evict_idle(&self, slice: usize, cutoff: std::time::Instant) -> usize {
+        let mut users = self.cells();
+        users.evict(slice, |sender| {
+            if sender.receiver_count() > 0 {
+                return false;
+            }
+            let cell = sender.borrow();
+            !cell.dirty && cell.touched_at.is_none_or(|at| at < cutoff)
+        })
+    }
+
+    /// Users in memory now.
+    pub fn users(&self) -> usize {
+        self.cells().len()
+    }
+
     /// Ends every stream, now and to come: each writes its goodbye (`retry:`) and closes.
     pub fn close_streams(&self) {
         let users = self.cells();
@@ -333,8 +362,8 @@ impl StateHub {
         users
             .slice(slice)
             .iter()
-            .filter(|cell| cell.receiver_count() > 0)
-            .cloned()
+            .filter(|(_, cell)| cell.receiver_count() > 0)
+            .map(|(_, cell)| cell.clone())
             .collect()
     }
 
