@@ -84,7 +84,8 @@ impl Cells {
     pub fn evict(&mut self, slice: usize, evict: impl Fn(&Sender<Cell>) -> bool) -> usize {
         let mut evicted = 0;
         let by_user = &mut self.by_user;
-        self.by_slice[slice].retain(|(name, cell)| {
+        let cells = &mut self.by_slice[slice];
+        cells.retain(|(name, cell)| {
             let keep = !evict(cell);
             if !keep {
                 by_user.remove(name);
@@ -92,6 +93,16 @@ impl Cells {
             }
             keep
         });
+        // Give back the room of users who left, once most have: a map only ever grows else.
+        if evicted > 0 {
+            shrink_if_mostly_empty(cells);
+            if by_user.capacity() > 4 * by_user.len() + 1024 {
+                by_user.shrink_to_fit();
+            }
+            if self.dirty.capacity() > 4 * self.dirty.len() + 1024 {
+                self.dirty.shrink_to_fit();
+            }
+        }
         evicted
     }
 
@@ -103,6 +114,12 @@ impl Cells {
     /// Whether no user is in memory.
     pub fn is_empty(&self) -> bool {
         self.by_user.is_empty()
+    }
+}
+
+fn shrink_if_mostly_empty<T>(list: &mut Vec<T>) {
+    if list.capacity() > 4 * list.len() + 16 {
+        list.shrink_to_fit();
     }
 }
 
