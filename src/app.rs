@@ -273,6 +273,7 @@ pub async fn run(
         budget: budget.clone(),
         metrics_token: config.http.metrics_token.clone(),
         persistence: persistence.clone(),
+        jmap_ids: config.jmap.id_scheme,
     });
     let lean_ingest = config.ingest.secret.clone().map(|secret| {
         Arc::new(http::lean_ingest::LeanIngest {

@@ -106,3 +106,57 @@ async fn jmap_client_skips_pings() {
         "{notification:?}"
     );
 }
+
+/// The Email state jmap-client reads from the next notification.
+async fn email_state(raw: &mut Raw, parser: &mut EventParser) -> String {
+    let notification = next_notification(raw, parser, 4)
+        .await
+        .expect("a state change");
+    let PushNotification::StateChange(changes) = notification else {
+        panic!("a StateChange, not {notification:?}");
+    };
+    changes
+        .changes("alice")
+        .and_then(|mut types| types.find(|(kind, _)| kind.to_string() == "Email"))
+        .map(|(_, state)| state.to_string())
+        .expect("an Email state")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn states_are_written_as_cyrus_writes_them_for_each_id_scheme() {
+    let app = TestApp::start().await;
+    let mut raw = open(&app, "types=Email&closeafter=no&ping=0").await;
+    let mut parser = EventParser::default();
+    assert!(next_notification(&mut raw, &mut parser, 1).await.is_none());
+    // A real Cyrus 3.6 delivery to a legacy account (vnd.cmu.emailid "M" + 24 hex): bare.
+    let legacy = std::fs::read(common::fixtures().join("cyrus/008-MessageNew.bin")).unwrap();
+    app.send_datagram(&legacy);
+    assert_eq!(email_state(&mut raw, &mut parser).await, "4");
+    // The account's events now show compact ids ("S" + 11): Cyrus writes "J" + modseq.
+    let compact = r#"{"event":"MessageNew","uri":"imap://h/user/alice;UIDVALIDITY=1/;UID=2","modseq":5,"vnd.cmu.mbtype":"e","vnd.cmu.emailid":"Sbrp-oRDd_Mh","vnd.cmu.threadid":"A0nwZdIYiCtU"}"#;
+    app.send_datagram(
+        &[
+            b"mailpush\0EVENT\0\0\0\x000\0".as_slice(),
+            compact.as_bytes(),
+            b"\0",
+        ]
+        .concat(),
+    );
+    assert_eq!(email_state(&mut raw, &mut parser).await, "J5");
+    // Events without ids keep the scheme the account showed.
+    app.send_datagram(&common::mail_event_datagram("alice", 6));
+    assert_eq!(email_state(&mut raw, &mut parser).await, "J6");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_id_scheme_can_be_set_for_every_account() {
+    let app = TestApp::builder()
+        .env("MAILPUSH_JMAP__ID_SCHEME", "compact")
+        .start()
+        .await;
+    let mut raw = open(&app, "types=Email&closeafter=no&ping=0").await;
+    let mut parser = EventParser::default();
+    assert!(next_notification(&mut raw, &mut parser, 1).await.is_none());
+    app.send_datagram(&common::mail_event_datagram("alice", 3));
+    assert_eq!(email_state(&mut raw, &mut parser).await, "J3");
+}

@@ -248,6 +248,7 @@ async fn states_contract(store: &Store) {
         calendar,
         contacts,
         delivered: mail,
+        id_scheme: 0,
     };
     assert_eq!(store.user_state("alice").await.unwrap(), None);
     store
@@ -262,6 +263,27 @@ async fn states_contract(store: &Store) {
     assert_eq!(
         store.user_state("alice").await.unwrap(),
         Some(state(6, 80, 3))
+    );
+    // The id scheme, once known, is kept by writes that do not know it.
+    let compact = StoredState {
+        id_scheme: 2,
+        ..state(9, 80, 3)
+    };
+    store
+        .save_user_states(&[("alice".into(), compact)], 3)
+        .await
+        .unwrap();
+    store
+        .save_user_states(&[("alice".into(), state(10, 80, 3))], 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .user_state("alice")
+            .await
+            .unwrap()
+            .map(|s| (s.mail, s.id_scheme)),
+        Some((10, 2))
     );
     let many: Vec<(String, StoredState)> = (0..1200)
         .map(|n| (format!("user{n}"), state(n, 0, 0)))

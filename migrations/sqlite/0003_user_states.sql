@@ -6,5 +6,7 @@ CREATE TABLE user_states (
     calendar   BIGINT NOT NULL DEFAULT 0,
     contacts   BIGINT NOT NULL DEFAULT 0,
     delivered  BIGINT NOT NULL DEFAULT 0,
+    -- The account's JMAP id scheme: 0 not known yet, 1 legacy, 2 compact.
+    id_scheme  SMALLINT NOT NULL DEFAULT 0,
     updated_at BIGINT NOT NULL
 );

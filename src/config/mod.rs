@@ -39,6 +39,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub push: PushConfig,
     pub notify: NotifyConfig,
+    pub jmap: JmapConfig,
     pub connections: ConnectionsConfig,
     pub shutdown: ShutdownConfig,
     pub runtime: RuntimeConfig,
@@ -104,6 +105,16 @@ pub struct IngestConfig {
     /// Largest event accepted, in bytes (datagrams are further capped at 64 KiB, Cyrus's own
     /// limit).
     pub max_event_bytes: usize,
+}
+
+/// JMAP push (`GET /jmap/eventsource`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JmapConfig {
+    /// How state strings are written: `auto` follows each account's ids as its events show
+    /// them (Cyrus's `J` prefix for compact ids, bare for legacy ids), `compact` or `legacy`
+    /// says so for every account (when events carry no `vnd.cmu.emailid`).
+    pub id_scheme: crate::stream::JmapIds,
 }
 
 /// Where mailpush keeps its files.

@@ -54,11 +54,75 @@ pub struct Event {
     pub counters: Option<Counters>,
     /// Sender and subject for display (from `vnd.fastmail.jmapEmail`, else `vnd.cmu.envelope`).
     pub envelope: Option<Envelope>,
+    /// Which JMAP id scheme the owner's account uses, when the event's ids say
+    /// (`vnd.cmu.emailid`, `vnd.cmu.threadid`).
+    pub id_scheme: IdScheme,
     /// The whole JSON body, untouched and known to be valid JSON, so later consumers can read
     /// fields not typed here.
     pub raw: Option<Box<str>>,
     /// The notify packet header and non-JSON body (SIEVE, MAIL), when the event came as one.
     pub notification: Option<Box<Notification>>,
+}
+
+/// Cyrus's two schemes of JMAP ids. An account with compact ids (`ctl_conversationsdb -I on`,
+/// the session's `hasCompactIds`) has Email ids `S` + 11 characters and Thread ids `A` + 11,
+/// and its Email, Mailbox, Thread, Calendar and CalendarEvent states carry a `J` prefix; a
+/// legacy account has `M` + 24 hex digits and `T` + 16, and bare states (Cyrus,
+/// `imap/jmap_api.c`, `jmap_state_string()`; `imap/jmap_util.c`, `jmap_set_emailid()`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IdScheme {
+    /// Nothing said which.
+    #[default]
+    Unknown,
+    Legacy,
+    Compact,
+}
+
+impl IdScheme {
+    /// The scheme an Email id is written in.
+    pub fn of_email_id(id: &str) -> IdScheme {
+        IdScheme::of_id(id, 'M', 24, 'S')
+    }
+
+    /// The scheme a Thread id is written in.
+    pub fn of_thread_id(id: &str) -> IdScheme {
+        IdScheme::of_id(id, 'T', 16, 'A')
+    }
+
+    fn of_id(id: &str, legacy: char, hex_digits: usize, compact: char) -> IdScheme {
+        let mut chars = id.chars();
+        let first = chars.next();
+        let rest = chars.as_str();
+        if first == Some(legacy)
+            && rest.len() == hex_digits
+            && rest.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return IdScheme::Legacy;
+        }
+        let base64 = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        if first == Some(compact) && rest.len() == 11 && rest.bytes().all(base64) {
+            return IdScheme::Compact;
+        }
+        IdScheme::Unknown
+    }
+
+    /// The number stored for it.
+    pub fn code(self) -> u8 {
+        match self {
+            IdScheme::Unknown => 0,
+            IdScheme::Legacy => 1,
+            IdScheme::Compact => 2,
+        }
+    }
+
+    /// Reads a stored number; anything else is Unknown.
+    pub fn from_code(code: u8) -> IdScheme {
+        match code {
+            1 => IdScheme::Legacy,
+            2 => IdScheme::Compact,
+            _ => IdScheme::Unknown,
+        }
+    }
 }
 
 /// The event types mailpush tells apart. Names compare case-insensitively, because Dovecot
@@ -249,6 +313,34 @@ mod tests {
         check("", Kind::Other);
         check("vnd.cmu.", Kind::Other);
         check("ü", Kind::Other);
+    }
+
+    #[test]
+    fn id_schemes_from_ids() {
+        assert_eq!(
+            IdScheme::of_email_id("M532f609e737f4cb59298ff2b"),
+            IdScheme::Legacy
+        );
+        assert_eq!(IdScheme::of_email_id("Sbrp-oRDd_Mh"), IdScheme::Compact);
+        assert_eq!(
+            IdScheme::of_thread_id("Tc2dcb97f781647a7"),
+            IdScheme::Legacy
+        );
+        assert_eq!(IdScheme::of_thread_id("A-_0123456zZ"), IdScheme::Compact);
+        for odd in [
+            "",
+            "M",
+            "Mxyz",
+            "S1234567890",
+            "S1234567890ab",
+            "S12345678!0a",
+            "Tc2dcb97f781647a",
+        ] {
+            assert_eq!(IdScheme::of_email_id(odd), IdScheme::Unknown, "{odd}");
+        }
+        for scheme in [IdScheme::Unknown, IdScheme::Legacy, IdScheme::Compact] {
+            assert_eq!(IdScheme::from_code(scheme.code()), scheme);
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@
 use std::borrow::Cow;
 
 use super::json::{JsonError, Reader};
-use super::{Class, Counters, Envelope, Event, Kind, MailboxType, Notification, envelope, imapurl};
+use super::{
+    Class, Counters, Envelope, Event, IdScheme, Kind, MailboxType, Notification, envelope, imapurl,
+};
 
 /// Why bytes are not an event. Each variant has a stable [`ParseError::reason`] for metrics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,6 +114,7 @@ fn bare_event(class: Class, name: String, kind: Kind, owner: Option<String>) -> 
         messages: None,
         counters: None,
         envelope: None,
+        id_scheme: IdScheme::Unknown,
         raw: None,
         notification: None,
     }
@@ -131,6 +134,8 @@ struct WireEvent<'a> {
     server_fqdn: Option<Cow<'a, str>>,
     mbtype: Option<Cow<'a, str>>,
     counters: Option<Cow<'a, str>>,
+    email_id: Option<Cow<'a, str>>,
+    thread_id: Option<Cow<'a, str>>,
     /// `vnd.cmu.envelope`, kept raw: it is full of escaped quotes, and only decoded when
     /// `vnd.fastmail.jmapEmail` gives no sender and subject.
     envelope: Option<&'a str>,
@@ -159,6 +164,8 @@ fn read_wire(text: &str) -> Result<WireEvent<'_>, JsonError> {
             Field::ServerFqdn => wire.server_fqdn = reader.text()?,
             Field::MbType => wire.mbtype = reader.text()?,
             Field::Counters => wire.counters = reader.text()?,
+            Field::EmailId => wire.email_id = reader.text()?,
+            Field::ThreadId => wire.thread_id = reader.text()?,
             Field::Modseq => wire.modseq = reader.unsigned()?,
             Field::Messages => wire.messages = reader.unsigned()?,
             Field::Unseen => wire.unseen = reader.unsigned()?,
@@ -182,6 +189,8 @@ enum Field {
     ServerFqdn,
     MbType,
     Counters,
+    EmailId,
+    ThreadId,
     Modseq,
     Messages,
     Unseen,
@@ -200,6 +209,8 @@ impl Field {
             "serverFQDN" => Field::ServerFqdn,
             "vnd.cmu.mbtype" => Field::MbType,
             "vnd.fastmail.counters" => Field::Counters,
+            "vnd.cmu.emailid" => Field::EmailId,
+            "vnd.cmu.threadid" => Field::ThreadId,
             "modseq" => Field::Modseq,
             "messages" => Field::Messages,
             "vnd.cmu.unseenMessages" => Field::Unseen,
@@ -296,6 +307,13 @@ fn event_from_json_text(json: &str) -> Result<Event, ParseError> {
         .jmap_email
         .or_else(|| envelope_from_imap(wire.envelope?));
     let counters = wire.counters.as_deref().and_then(Counters::parse);
+    let id_scheme = match (wire.email_id.as_deref(), wire.thread_id.as_deref()) {
+        (Some(id), _) if IdScheme::of_email_id(id) != IdScheme::Unknown => {
+            IdScheme::of_email_id(id)
+        }
+        (_, Some(id)) => IdScheme::of_thread_id(id),
+        _ => IdScheme::Unknown,
+    };
     check_range("modseq", wire.modseq)?;
     check_range("vnd.cmu.unseenMessages", wire.unseen)?;
     check_range("messages", wire.messages)?;
@@ -326,6 +344,7 @@ fn event_from_json_text(json: &str) -> Result<Event, ParseError> {
         messages: wire.messages,
         counters,
         envelope,
+        id_scheme,
         raw: None,
         notification: None,
     })

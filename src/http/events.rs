@@ -166,6 +166,7 @@ fn open_feed(
         retry_ms: retry_with_jitter(state.retry_ms),
         sent: state.metrics.frames_sent(format_label),
         latency: state.metrics.eventsource_latency(),
+        jmap_ids: state.jmap_ids,
     };
     Ok(Feed::new(user, subscription, seen, options))
 }

@@ -65,6 +65,8 @@ pub struct HttpState {
     pub metrics_token: Option<Secret>,
     /// Reads a user's stored state before their stream opens.
     pub persistence: Arc<Persistence>,
+    /// How JMAP state strings are written (`jmap.id_scheme`).
+    pub jmap_ids: crate::stream::JmapIds,
 }
 
 /// Builds the router with every endpoint.

@@ -689,6 +689,7 @@ mod tests {
             retry_ms: 1,
             sent: Default::default(),
             latency: prometheus_client::metrics::histogram::Histogram::new([1.0]),
+            jmap_ids: crate::stream::JmapIds::Auto,
         };
         let feed = Feed::new(
             "alice".into(),

@@ -9,7 +9,7 @@ mod notify;
 
 pub use crate::job::{JobRequest, Work};
 
-use crate::event::{Event, Kind, MailboxType};
+use crate::event::{Event, IdScheme, Kind, MailboxType};
 
 /// One thing to do because of an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +84,8 @@ pub struct StateChange {
     pub contacts: Option<u64>,
     /// The mail modseq of a delivery (MessageNew into a mail folder): JMAP's `EmailDelivery`.
     pub delivered: Option<u64>,
+    /// The account's JMAP id scheme, when the event's ids showed it.
+    pub ids: IdScheme,
 }
 
 /// Decides what an event causes.
@@ -151,7 +153,7 @@ fn state_update(event: &Event) -> Option<Action> {
             mail: Some(counters.mail),
             calendar: Some(counters.calendar),
             contacts: Some(counters.contacts),
-            delivered: None,
+            ..StateChange::default()
         },
         (None, Some(modseq), Some(MailboxType::Mail)) => StateChange {
             mail: Some(modseq),
@@ -170,6 +172,7 @@ fn state_update(event: &Event) -> Option<Action> {
     if event.kind == Kind::MessageNew && event.mailbox_type == Some(MailboxType::Mail) {
         change.delivered = change.mail;
     }
+    change.ids = event.id_scheme;
     Some(Action::UpdateState {
         user: user.clone(),
         change,
@@ -364,10 +367,41 @@ mod tests {
                     mail: Some(38),
                     calendar: Some(21),
                     contacts: Some(5),
-                    delivered: None,
+                    ..StateChange::default()
                 },
             )),
         );
+    }
+
+    #[test]
+    fn the_id_scheme_comes_with_the_state() {
+        let scheme = |ids: &str| {
+            let json = format!(
+                r#"{{"event":"MessageNew","uri":"imap://h/user/alice;UIDVALIDITY=1/;UID=1","modseq":4,"vnd.cmu.mbtype":"e",{ids}}}"#
+            );
+            route(&from_json(json).unwrap())
+                .into_iter()
+                .find_map(|action| match action {
+                    Action::UpdateState { change, .. } => Some(change.ids),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_eq!(
+            scheme(
+                r#""vnd.cmu.emailid":"M532f609e737f4cb59298ff2b","vnd.cmu.threadid":"Tc2dcb97f781647a7""#
+            ),
+            IdScheme::Legacy
+        );
+        assert_eq!(
+            scheme(r#""vnd.cmu.emailid":"Sbrp-oRDd_Mh","vnd.cmu.threadid":"A0nwZdIYiCtU""#),
+            IdScheme::Compact
+        );
+        assert_eq!(
+            scheme(r#""vnd.cmu.threadid":"A0nwZdIYiCtU""#),
+            IdScheme::Compact
+        );
+        assert_eq!(scheme(r#""x":1"#), IdScheme::Unknown);
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub struct StoredState {
     pub calendar: u64,
     pub contacts: u64,
     pub delivered: u64,
+    /// The account's JMAP id scheme: 0 not known, 1 legacy, 2 compact.
+    pub id_scheme: u8,
 }
 
 #[derive(sqlx::FromRow)]
@@ -20,16 +22,17 @@ struct StateRow {
     calendar: i64,
     contacts: i64,
     delivered: i64,
+    id_scheme: i16,
 }
 
-/// Rows per statement: five parameters each, well under SQLite's 32,766.
+/// Rows per statement: seven parameters each, well under SQLite's 32,766.
 const ROWS_PER_STATEMENT: usize = 500;
 
 impl Store {
     /// The stored state of `user`, if any.
     pub async fn user_state(&self, user: &str) -> Result<Option<StoredState>, sqlx::Error> {
         let row: Option<StateRow> = on_pool!(self, pool => sqlx::query_as(
-            "SELECT mail, calendar, contacts, delivered FROM user_states WHERE user_id = $1"
+            "SELECT mail, calendar, contacts, delivered, id_scheme FROM user_states WHERE user_id = $1"
         )
         .bind(user)
         .fetch_optional(pool)
@@ -40,6 +43,7 @@ impl Store {
             calendar: value(row.calendar),
             contacts: value(row.contacts),
             delivered: value(row.delivered),
+            id_scheme: u8::try_from(row.id_scheme).unwrap_or(0),
         }))
     }
 
@@ -54,7 +58,7 @@ impl Store {
             let mut tx = pool.begin().await?;
             for rows in states.chunks(ROWS_PER_STATEMENT) {
                 let mut query = sqlx::QueryBuilder::new(
-                    "INSERT INTO user_states (user_id, mail, calendar, contacts, delivered, updated_at) ",
+                    "INSERT INTO user_states (user_id, mail, calendar, contacts, delivered, id_scheme, updated_at) ",
                 );
                 query.push_values(rows, |mut row, (user, state)| {
                     row.push_bind(user)
@@ -62,6 +66,7 @@ impl Store {
                         .push_bind(value(state.calendar))
                         .push_bind(value(state.contacts))
                         .push_bind(value(state.delivered))
+                        .push_bind(i16::from(state.id_scheme))
                         .push_bind(now_ms);
                 });
                 query.push(
@@ -70,6 +75,7 @@ impl Store {
                      calendar = CASE WHEN excluded.calendar > user_states.calendar THEN excluded.calendar ELSE user_states.calendar END, \
                      contacts = CASE WHEN excluded.contacts > user_states.contacts THEN excluded.contacts ELSE user_states.contacts END, \
                      delivered = CASE WHEN excluded.delivered > user_states.delivered THEN excluded.delivered ELSE user_states.delivered END, \
+                     id_scheme = CASE WHEN excluded.id_scheme > 0 THEN excluded.id_scheme ELSE user_states.id_scheme END, \
                      updated_at = excluded.updated_at",
                 );
                 query.build().execute(&mut *tx).await?;
@@ -95,6 +101,7 @@ impl crate::stream::persist::StateRecord for Store {
                 calendar: stored.calendar,
                 contacts: stored.contacts,
                 delivered: stored.delivered,
+                ids: crate::event::IdScheme::from_code(stored.id_scheme),
             }))
         })
     }
@@ -112,6 +119,7 @@ impl crate::stream::persist::StateRecord for Store {
                         calendar: state.calendar,
                         contacts: state.contacts,
                         delivered: state.delivered,
+                        id_scheme: state.ids.code(),
                     };
                     (user.clone(), stored)
                 })

@@ -51,6 +51,33 @@ pub struct FeedOptions {
     pub sent: Counter,
     /// Time from a state change to its frame being handed to the connection.
     pub latency: Histogram,
+    /// How JMAP state strings are written: per the account's id scheme, or forced.
+    pub jmap_ids: JmapIds,
+}
+
+/// How JMAP state strings are written (`jmap.id_scheme`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JmapIds {
+    /// As each account's events show it: `J`-prefixed for compact ids, bare for legacy ids
+    /// and while no event has shown it yet.
+    #[default]
+    Auto,
+    /// Every account has compact ids.
+    Compact,
+    /// Every account has legacy ids.
+    Legacy,
+}
+
+impl JmapIds {
+    /// Whether `state`'s account gets compact-id states.
+    pub fn compact(self, state: &UserState) -> bool {
+        match self {
+            JmapIds::Auto => state.ids == crate::event::IdScheme::Compact,
+            JmapIds::Compact => true,
+            JmapIds::Legacy => false,
+        }
+    }
 }
 
 /// The keepalive: a comment line, ending no block.
@@ -196,7 +223,9 @@ impl Feed {
                 ..
             } => {
                 let mut out = String::new();
-                let wrote = jmap::encode_state(&self.user, &self.seen, &now, filter, &mut out);
+                let compact = self.options.jmap_ids.compact(&now);
+                let wrote =
+                    jmap::encode_state(&self.user, &self.seen, &now, filter, compact, &mut out);
                 self.finished = wrote && *close_after_state;
                 wrote.then(|| Bytes::from(out))
             }
@@ -249,6 +278,7 @@ mod tests {
             retry_ms: 5000,
             sent: Counter::default(),
             latency: Histogram::new([0.001]),
+            jmap_ids: JmapIds::Auto,
         }
     }
 

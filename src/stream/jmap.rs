@@ -2,7 +2,11 @@
 //!
 //! A `state` event carries a StateChange with only the types that moved since the client's
 //! last state; `ping` events carry the interval and no id. The account id is the user id and
-//! each type's state string is the modseq of its kind, as Cyrus's JMAP reports it.
+//! each type's state string is the modseq of its kind, written as Cyrus's JMAP server writes
+//! it (`jmap_state_string()` in `imap/jmap_api.c`): for an account with compact ids, Mailbox,
+//! Email, Thread, Calendar and CalendarEvent states carry a `J` in front (`J1042`), contacts
+//! never do, and a legacy account's states are bare. So a client can pass the state it was
+//! pushed as `sinceState` to `Email/changes`.
 
 use std::fmt::Write as _;
 
@@ -15,15 +19,17 @@ pub struct TypeFilter {
 }
 
 /// The types mailpush reports, and which modseq each one follows.
-const TYPES: &[(&str, Source)] = &[
-    ("Mailbox", Source::Mail),
-    ("Email", Source::Mail),
-    ("Thread", Source::Mail),
-    ("EmailDelivery", Source::Delivered),
-    ("Calendar", Source::Calendar),
-    ("CalendarEvent", Source::Calendar),
-    ("AddressBook", Source::Contacts),
-    ("ContactCard", Source::Contacts),
+/// The third field says whether the state takes the `J` of a compact-id account.
+const TYPES: &[(&str, Source, bool)] = &[
+    ("Mailbox", Source::Mail, true),
+    ("Email", Source::Mail, true),
+    ("Thread", Source::Mail, true),
+    // A push-only type: its state is the Email state of the delivery, written the same way.
+    ("EmailDelivery", Source::Delivered, true),
+    ("Calendar", Source::Calendar, true),
+    ("CalendarEvent", Source::Calendar, true),
+    ("AddressBook", Source::Contacts, false),
+    ("ContactCard", Source::Contacts, false),
 ];
 
 #[derive(Clone, Copy)]
@@ -60,16 +66,18 @@ impl TypeFilter {
 }
 
 /// Writes a `state` event for the types that moved from `seen` to `now`; writes nothing and
-/// returns false when none of the wanted types moved.
+/// returns false when none of the wanted types moved. `compact` writes the states of a
+/// compact-id account.
 pub fn encode_state(
     user: &str,
     seen: &UserState,
     now: &UserState,
     filter: &TypeFilter,
+    compact: bool,
     out: &mut String,
 ) -> bool {
     let mut changed = String::new();
-    for (name, source) in TYPES {
+    for (name, source, prefixed) in TYPES {
         let (value, moved) = match source {
             Source::Mail => (now.mail, now.mail > seen.mail),
             Source::Delivered => (now.delivered, now.delivered > seen.mail.max(seen.delivered)),
@@ -78,7 +86,8 @@ pub fn encode_state(
         };
         if moved && filter.wants(name) {
             let separator = if changed.is_empty() { "" } else { "," };
-            let _ = write!(changed, "{separator}\"{name}\":\"{value}\"");
+            let prefix = if compact && *prefixed { "J" } else { "" };
+            let _ = write!(changed, "{separator}\"{name}\":\"{prefix}{value}\"");
         }
     }
     if changed.is_empty() {
@@ -111,13 +120,14 @@ mod tests {
             calendar,
             contacts,
             delivered,
+            ..UserState::default()
         }
     }
 
     fn check(types: &str, seen: UserState, now: UserState, expect: Option<&str>) {
         let mut out = String::new();
         let filter = TypeFilter::parse(types).unwrap();
-        let wrote = encode_state("alice", &seen, &now, &filter, &mut out);
+        let wrote = encode_state("alice", &seen, &now, &filter, false, &mut out);
         match expect {
             Some(changed) => {
                 assert!(wrote);
@@ -183,6 +193,52 @@ mod tests {
         assert!(TypeFilter::parse("").is_err());
     }
 
+    /// State strings as Cyrus's `jmap_state_string()` writes them: `J` + modseq for an
+    /// account with compact ids (not for contacts), the bare modseq for a legacy account.
+    #[test]
+    fn state_strings_follow_the_account_id_scheme() {
+        let filter = TypeFilter::parse("*").unwrap();
+        let now = state(1042, 17, 9, 1042);
+        let changed = |compact: bool| {
+            let mut out = String::new();
+            assert!(encode_state(
+                "alice",
+                &UserState::default(),
+                &now,
+                &filter,
+                compact,
+                &mut out
+            ));
+            let data = out
+                .lines()
+                .find_map(|line| line.strip_prefix("data: "))
+                .unwrap();
+            let value: serde_json::Value = serde_json::from_str(data).unwrap();
+            value["changed"]["alice"].clone()
+        };
+        let compact = changed(true);
+        for (name, expect) in [
+            ("Mailbox", "J1042"),
+            ("Email", "J1042"),
+            ("Thread", "J1042"),
+            ("EmailDelivery", "J1042"),
+            ("Calendar", "J17"),
+            ("CalendarEvent", "J17"),
+            ("AddressBook", "9"),
+            ("ContactCard", "9"),
+        ] {
+            assert_eq!(compact[name], expect, "compact {name}");
+        }
+        let legacy = changed(false);
+        for (name, expect) in [
+            ("Email", "1042"),
+            ("CalendarEvent", "17"),
+            ("ContactCard", "9"),
+        ] {
+            assert_eq!(legacy[name], expect, "legacy {name}");
+        }
+    }
+
     #[test]
     fn ping() {
         let mut out = String::new();
@@ -199,6 +255,7 @@ mod tests {
             &UserState::default(),
             &state(1, 0, 0, 0),
             &filter,
+            false,
             &mut out,
         );
         assert!(out.contains(r#""we\"ird":{"#), "{out}");

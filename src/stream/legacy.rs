@@ -46,6 +46,7 @@ mod tests {
                 calendar: 17,
                 contacts: 9,
                 delivered: 1000,
+                ..UserState::default()
             },
             &mut out,
         );

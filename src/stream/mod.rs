@@ -16,5 +16,5 @@ pub mod persist;
 pub mod reminder;
 pub mod state;
 
-pub use feed::{Feed, FeedOptions, Format};
+pub use feed::{Feed, FeedOptions, Format, JmapIds};
 pub use state::{Cell, StateHub, SubscribeError, Subscription, UserState};

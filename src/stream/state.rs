@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 use super::cell;
 use super::cells::{Cells, SLICES};
+use crate::event::IdScheme;
 use crate::route::StateChange;
 
 /// A user's modseqs as web clients see them.
@@ -25,6 +26,9 @@ pub struct UserState {
     pub contacts: u64,
     /// Mail modseq of the latest delivery; it only matters relative to `mail`.
     pub delivered: u64,
+    /// The account's JMAP id scheme, as the latest event that showed it said: it decides the
+    /// shape of JMAP state strings ([`super::jmap`]).
+    pub ids: IdScheme,
 }
 
 /// What a user's cell holds: the state, its frame, and when it last moved (for the delivery
@@ -100,6 +104,9 @@ impl UserState {
         raise(&mut self.calendar, change.calendar);
         raise(&mut self.contacts, change.contacts);
         raise(&mut self.delivered, change.delivered);
+        if change.ids != IdScheme::Unknown {
+            self.ids = change.ids;
+        }
         *self != before
     }
 
@@ -110,6 +117,7 @@ impl UserState {
             calendar: Some(other.calendar),
             contacts: Some(other.contacts),
             delivered: Some(other.delivered),
+            ids: other.ids,
         })
     }
 
@@ -148,6 +156,7 @@ impl UserState {
             contacts: number(contacts)?,
             // What the client saw includes every delivery up to its mail modseq.
             delivered: mail,
+            ids: IdScheme::Unknown,
         })
     }
 }
@@ -436,7 +445,8 @@ mod tests {
                 mail: 5,
                 calendar: 2,
                 contacts: 0,
-                delivered: 0
+                delivered: 0,
+                ..UserState::default()
             }
         );
         assert_eq!(hub.current("bob"), UserState::default());
@@ -551,6 +561,7 @@ mod tests {
             calendar: 7,
             contacts: 3,
             delivered: 40,
+            ..UserState::default()
         };
         assert_eq!(state.event_id(), "m42c7a3");
         let seen = UserState::from_event_id("m42c7a3").unwrap();
