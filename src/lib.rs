@@ -11,7 +11,8 @@
 //! - [`event`]: bytes to [`event::Event`]; no I/O, no panics on input.
 //! - [`pipeline`]: counts each event, routes it, carries out the actions without waiting.
 //! - [`route`]: `Event → Vec<Action>`, pure.
-//! - [`stream`]: per-user latest-state cells, the EventSource frame formats, the keepalive clock.
+//! - [`stream`]: each user's live channel (state, signals, record marks), the EventSource frame
+//!   formats, the keepalive clock, the state's record beyond the process.
 //! - [`http`]: the listener (a lean writer for EventSource streams, hyper for the rest) and the
 //!   axum router: EventSource endpoints, `POST /ingest`, devices, health, metrics, status.
 //! - [`store`]: the database (SQLite or PostgreSQL): registered devices.

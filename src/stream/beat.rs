@@ -4,7 +4,7 @@
 //! rearm after every frame. Instead one task beats the cells of users that have streams
 //! ([`StateHub::beat_slice`]); a stream that wrote nothing since the previous beat then writes
 //! a comment. An idle stream thus gets one comment per interval and is never silent for two.
-//! The users are split into [`SLICES`] fixed slices ([`super::cells`]) and the clock beats one
+//! The users are split into [`SLICES`] fixed slices ([`super::users`]) and the clock beats one
 //! slice per `interval / SLICES`: with 100,000 streams, beating all at once would mean 100,000
 //! writes in one burst, and every event arriving meanwhile would wait for them. At shutdown the same task
 //! closes every cell, and each stream writes its goodbye: a stream waits on its cell and
@@ -16,8 +16,8 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::cells::SLICES;
 use super::state::StateHub;
+use super::users::SLICES;
 
 /// Beats each slice of the hub once every `period` until `cancel`, then closes every stream.
 pub async fn run(hub: Arc<StateHub>, period: Duration, cancel: CancellationToken) {
@@ -57,7 +57,7 @@ mod tests {
             tokio::time::sleep_until(start + step * tick + step / 2).await;
             for (n, subscription) in subscriptions.iter_mut().enumerate() {
                 if subscription.receiver.has_changed() {
-                    let beats = subscription.receiver.borrow_and_update().beats;
+                    let beats = subscription.receiver.borrow_and_update().signals.beats();
                     let first = *first_beats.entry(n).or_insert(tick);
                     assert_eq!(
                         tick,
@@ -75,6 +75,12 @@ mod tests {
         );
         cancel.cancel();
         clock.await.unwrap();
-        assert!(subscriptions[0].receiver.borrow_and_update().closing);
+        assert!(
+            subscriptions[0]
+                .receiver
+                .borrow_and_update()
+                .signals
+                .is_closing()
+        );
     }
 }

@@ -25,6 +25,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::{Instant, Sleep};
 
 use super::jmap::{self, TypeFilter};
+use super::signals::Signal;
 use super::state::{Subscription, UserState};
 
 /// Which wire format a connection speaks.
@@ -179,42 +180,39 @@ impl Feed {
         Bytes::from(format!("retry: {}\n", self.options.retry_ms))
     }
 
-    /// The next frame the cell holds for this client, most urgent first: the goodbye at
-    /// shutdown, a reminder it has not written yet, the state if it moved past what the client
-    /// saw, a keepalive if a clock tick found it quiet.
+    /// The next frame for this client, most urgent first: the goodbye at shutdown, a reminder
+    /// it has not written yet, a keepalive if a clock tick found it quiet, the state if it
+    /// moved past what the client saw.
     fn pending_frame(&mut self) -> Option<Bytes> {
-        let cell = self.subscription.receiver.borrow_and_update();
-        if cell.closing {
-            drop(cell);
-            return Some(self.goodbye());
-        }
-        let unsent = cell.reminders_sent - self.subscription.reminders_seen;
-        if unsent > 0 {
-            // A client more than the backlog behind skips the oldest.
-            let backlog = (unsent as usize).min(cell.reminders.len());
-            self.subscription.reminders_seen = cell.reminders_sent - backlog as u64 + 1;
-            let frame = cell.reminders[cell.reminders.len() - backlog].clone();
-            self.quiet = false;
-            return Some(frame);
-        }
-        let ticks = cell.beats - self.subscription.beats_seen;
-        if ticks > 0 {
-            self.subscription.beats_seen = cell.beats;
+        let live = self.subscription.receiver.borrow_and_update();
+        match live.signals.next(&mut self.subscription.signals_seen) {
+            Some(Signal::Closing) => {
+                drop(live);
+                return Some(self.goodbye());
+            }
+            Some(Signal::Reminder(frame)) => {
+                self.quiet = false;
+                return Some(frame);
+            }
             // A clock tick: a stream quiet since the one before gets a comment (JMAP streams
             // that asked for pings get those instead). Two ticks seen at once mean a whole
-            // interval went by without this stream reading its cell, so without a frame.
-            if (self.quiet || ticks > 1) && self.ping.is_none() {
+            // interval went by without this stream reading its channel, so without a frame.
+            Some(Signal::Beats(ticks)) => {
+                let comment = (self.quiet || ticks > 1) && self.ping.is_none();
                 self.quiet = true;
-                return Some(Bytes::from_static(KEEPALIVE));
+                if comment {
+                    return Some(Bytes::from_static(KEEPALIVE));
+                }
             }
-            self.quiet = true;
+            None => {}
         }
-        let now = cell.state;
-        let changed_at = cell.changed_at;
+        let now = live.published.state;
+        let changed_at = live.published.changed_at;
         let legacy = matches!(self.options.format, Format::Legacy);
-        let shared = (legacy && now.is_newer_than(&self.seen)).then(|| cell.frame.clone());
-        // Release the cell before encoding anything: `apply` waits on it.
-        drop(cell);
+        let shared =
+            (legacy && now.is_newer_than(&self.seen)).then(|| live.published.frame.clone());
+        // Release the channel before encoding anything: `apply` waits on it.
+        drop(live);
         let frame = match &self.options.format {
             Format::Legacy => shared,
             Format::Jmap {
@@ -349,7 +347,7 @@ mod tests {
         assert_eq!(next(&mut stream).await, "r0");
         assert_eq!(next(&mut stream).await, "r1");
         assert_eq!(next(&mut stream).await, frame(3));
-        let total = crate::stream::state::REMINDER_BACKLOG + 3;
+        let total = crate::stream::signals::REMINDER_BACKLOG + 3;
         for n in 0..total {
             hub.remind("alice", Bytes::from(format!("s{n}")));
         }

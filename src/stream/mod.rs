@@ -1,20 +1,23 @@
-//! Live state for web clients: per-user latest-state cells ([`state`], over [`cell`]), the two EventSource
-//! wire formats ([`legacy`], [`jmap`]), the per-connection frame source ([`feed`]) and the one
-//! keepalive clock they share ([`beat`]), and the state's record beyond the process
-//! ([`persist`]).
+//! Live state for web clients. Each user has one latest-value channel ([`latest`]) holding a
+//! [`Live`]: the state streams show, the [`signals`] they act on besides (reminders, keepalive
+//! beats, shutdown), and the record's marks. [`state`] keeps every user's channel (found through
+//! [`users`]) and the connection caps; [`feed`] turns one connection's view into frames in one
+//! of the two wire formats ([`legacy`], [`jmap`]); [`beat`] is the one keepalive clock; and
+//! [`persist`] keeps the state beyond the process.
 //!
 //! `stream` receives state changes from `route` through [`StateHub::apply`], which never waits,
 //! and hands bytes to `http`. It never reads a database and never holds a lock across `.await`.
 
 pub mod beat;
-pub mod cell;
-pub mod cells;
 pub mod feed;
 pub mod jmap;
+pub mod latest;
 pub mod legacy;
 pub mod persist;
 pub mod reminder;
+pub mod signals;
 pub mod state;
+pub mod users;
 
 pub use feed::{Feed, FeedOptions, Format, JmapIds};
-pub use state::{Cell, StateHub, SubscribeError, Subscription, UserState};
+pub use state::{Live, StateHub, SubscribeError, Subscription, UserState};

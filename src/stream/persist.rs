@@ -129,7 +129,7 @@ pub async fn run_evictor(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let step = (idle / super::cells::SLICES as u32).max(Duration::from_millis(10));
+    let step = (idle / super::users::SLICES as u32).max(Duration::from_millis(10));
     let mut tick = tokio::time::interval(step);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut slice = 0;
@@ -142,7 +142,7 @@ pub async fn run_evictor(
             let evicted = hub.evict_idle(slice, cutoff);
             metrics.users_evicted(evicted);
         }
-        slice = (slice + 1) % super::cells::SLICES;
+        slice = (slice + 1) % super::users::SLICES;
     }
 }
 
@@ -224,7 +224,7 @@ mod tests {
         let streaming = hub.subscribe("bob").unwrap();
         let later = std::time::Instant::now() + Duration::from_secs(3600);
         let evict_all = |hub: &StateHub| -> usize {
-            (0..crate::stream::cells::SLICES)
+            (0..crate::stream::users::SLICES)
                 .map(|slice| hub.evict_idle(slice, later))
                 .sum()
         };

@@ -1,11 +1,12 @@
-//! Per-user latest-state cells: the one place live state lives.
+//! Every user's live channel: the one place live state lives.
 //!
 //! Web clients need the newest modseqs, not the history, so each user has one
-//! latest-value [`cell`] and every EventSource connection of that user waits on it. A slow
-//! client just sees a newer value when it catches up: memory is O(users), whatever the event
-//! rate. Updates only raise values, so replays and out-of-order datagrams from several Cyrus
-//! processes never move a client backwards. Calendar reminders ride in the same cell (the last
-//! few of them), so a user costs one channel whatever their connections wait for.
+//! latest-value channel ([`super::latest`]) holding a [`Live`], and every EventSource
+//! connection of that user waits on it. A slow client just sees a newer value when it catches
+//! up: memory is O(users), whatever the event rate. Updates only raise values, so replays and
+//! out-of-order datagrams from several Cyrus processes never move a client backwards.
+//! Reminders, keepalive beats and shutdown ride in the same channel as [`super::signals`], so
+//! a user costs one channel whatever their connections wait for.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,8 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::cell;
-use super::cells::{Cells, SLICES};
+use super::latest;
+use super::signals::{Signals, SignalsSeen};
+use super::users::{SLICES, Users};
 use crate::event::IdScheme;
 use crate::route::StateChange;
 
@@ -31,29 +33,34 @@ pub struct UserState {
     pub ids: IdScheme,
 }
 
-/// What a user's cell holds: the state, its frame, and when it last moved (for the delivery
-/// latency).
+/// What a user's channel holds: what streams show, what they are told besides, and the
+/// record's bookkeeping, which no stream reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Cell {
+pub struct Live {
+    pub published: Published,
+    pub signals: Signals,
+    pub marks: RecordMarks,
+}
+
+/// The state streams show, with its frame.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
     pub state: UserState,
     /// The `/events` frame of `state`, encoded once when the state moves and shared by every
     /// connection of the user: a delivery is then a reference count and a write.
     pub frame: Bytes,
-    /// When `apply` last raised the state; None until it first does.
+    /// When `apply` last raised the state; None until it first does (for the latency).
     pub changed_at: Option<std::time::Instant>,
-    /// Reminder frames sent to the user so far; the last [`REMINDER_BACKLOG`] are in
-    /// `reminders`, the newest last.
-    pub reminders_sent: u64,
-    pub reminders: Arc<[Bytes]>,
-    /// Ticks of the shared keepalive clock ([`StateHub::beat`]) while the user had streams.
-    pub beats: u64,
-    /// Set at shutdown: every stream writes its goodbye and ends.
-    pub closing: bool,
-    /// The state moved since it was last handed to the record ([`super::persist`]).
+}
+
+/// Where the user stands with the state record ([`super::persist`]) and eviction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordMarks {
+    /// The state moved since it was last handed to the record.
     pub dirty: bool,
     /// The record's state has been merged in (the hub reads it before a stream opens).
     pub loaded: bool,
-    /// When the state last moved, was loaded, or a stream subscribed: a cell untouched for
+    /// When the state last moved, was loaded, or a stream subscribed: a user untouched for
     /// `http.idle_user_secs` with no stream leaves memory.
     pub touched_at: Option<std::time::Instant>,
 }
@@ -67,30 +74,24 @@ pub enum SubscribeError {
     ServerLimit,
 }
 
-/// Every user's state cell, and the connection caps.
+/// Every user's channel, and the connection caps.
 pub struct StateHub {
-    /// The cells. A std mutex: every critical section is a map lookup with no `.await`.
-    users: Mutex<Cells>,
-    /// Set by [`StateHub::close_streams`]; cells made afterwards start closed.
+    /// The channels. A std mutex: every critical section is a map lookup with no `.await`.
+    users: Mutex<Users>,
+    /// Set by [`StateHub::close_streams`]; channels made afterwards start closed.
     closing: AtomicBool,
     connections: Arc<AtomicUsize>,
     max_connections: usize,
     max_connections_per_user: usize,
 }
 
-/// A live connection's view of its user's cell; dropping it frees the connection's slot.
+/// A live connection's view of its user's channel; dropping it frees the connection's slot.
 pub struct Subscription {
-    pub receiver: cell::Receiver<Cell>,
-    /// How far the connection got through `reminders_sent`; it starts at the count when the
-    /// connection opened, since earlier reminders are not its to write.
-    pub reminders_seen: u64,
-    /// The last `beats` the connection acted on; it starts at the count when it opened.
-    pub beats_seen: u64,
+    pub receiver: latest::Receiver<Live>,
+    /// How far the connection got through its user's signals.
+    pub signals_seen: SignalsSeen,
     _slot: ConnectionSlot,
 }
-
-/// Reminders a connection may fall behind by before it misses some.
-pub const REMINDER_BACKLOG: usize = 8;
 
 struct ConnectionSlot(Arc<AtomicUsize>);
 
@@ -161,11 +162,23 @@ impl UserState {
     }
 }
 
+impl Published {
+    /// Raises the state by `change`; when it moved, encodes its frame and stamps it `now`.
+    fn raise(&mut self, change: &StateChange, now: std::time::Instant) -> bool {
+        let moved = self.state.raise(change);
+        if moved {
+            self.frame = super::legacy::frame(&self.state);
+            self.changed_at = Some(now);
+        }
+        moved
+    }
+}
+
 impl StateHub {
     /// An empty hub with the configured connection caps.
     pub fn new(max_connections: usize, max_connections_per_user: usize) -> StateHub {
         StateHub {
-            users: Mutex::new(Cells::default()),
+            users: Mutex::new(Users::default()),
             closing: AtomicBool::new(false),
             connections: Arc::new(AtomicUsize::new(0)),
             max_connections,
@@ -179,14 +192,12 @@ impl StateHub {
         let mut users = self.cells();
         let now = std::time::Instant::now();
         let mut newly_dirty = false;
-        let mut raise = |cell: &mut Cell| {
-            let moved = cell.state.raise(change);
+        let mut raise = |live: &mut Live| {
+            let moved = live.published.raise(change, now);
             if moved {
-                cell.frame = super::legacy::frame(&cell.state);
-                cell.changed_at = Some(now);
-                cell.touched_at = Some(now);
-                newly_dirty = !cell.dirty;
-                cell.dirty = true;
+                live.marks.touched_at = Some(now);
+                newly_dirty = !live.marks.dirty;
+                live.marks.dirty = true;
             }
             moved
         };
@@ -210,7 +221,9 @@ impl StateHub {
     /// Whether the record's state of `user` is in memory already.
     pub fn is_loaded(&self, user: &str) -> bool {
         let users = self.cells();
-        users.get(user).is_some_and(|cell| cell.borrow().loaded)
+        users
+            .get(user)
+            .is_some_and(|channel| channel.borrow().marks.loaded)
     }
 
     /// Merges the record's state of `user` (None: it has none) into memory. What is merged is
@@ -218,12 +231,12 @@ impl StateHub {
     pub fn merge_loaded(&self, user: &str, stored: Option<&UserState>) {
         let mut users = self.cells();
         let cell = users.get_or_insert_with(user, || self.new_cell());
-        cell.send_if_modified(|cell| {
-            cell.loaded = true;
-            cell.touched_at = Some(std::time::Instant::now());
-            let moved = stored.is_some_and(|stored| cell.state.raise_to(stored));
+        cell.send_if_modified(|live| {
+            live.marks.loaded = true;
+            live.marks.touched_at = Some(std::time::Instant::now());
+            let moved = stored.is_some_and(|stored| live.published.state.raise_to(stored));
             if moved {
-                cell.frame = super::legacy::frame(&cell.state);
+                live.published.frame = super::legacy::frame(&live.published.state);
             }
             moved
         });
@@ -239,9 +252,9 @@ impl StateHub {
                 continue;
             };
             // A quiet change: the flag is not news to any stream.
-            cell.send_if_modified(|cell| {
-                cell.dirty = false;
-                dirty.push((name.to_string(), cell.state));
+            cell.send_if_modified(|live| {
+                live.marks.dirty = false;
+                dirty.push((name.to_string(), live.published.state));
                 false
             });
         }
@@ -256,9 +269,9 @@ impl StateHub {
                 continue;
             };
             let mut newly_dirty = false;
-            cell.send_if_modified(|cell| {
-                newly_dirty = !cell.dirty;
-                cell.dirty = true;
+            cell.send_if_modified(|live| {
+                newly_dirty = !live.marks.dirty;
+                live.marks.dirty = true;
                 false
             });
             if newly_dirty {
@@ -272,7 +285,7 @@ impl StateHub {
         let users = self.cells();
         users
             .get(user)
-            .map(|cell| cell.borrow().state)
+            .map(|channel| channel.borrow().published.state)
             .unwrap_or_default()
     }
 
@@ -285,19 +298,15 @@ impl StateHub {
             return Err(SubscribeError::UserLimit);
         }
         // A quiet change: the stream opening is no news to the others.
-        cell.send_if_modified(|cell| {
-            cell.touched_at = Some(std::time::Instant::now());
+        cell.send_if_modified(|live| {
+            live.marks.touched_at = Some(std::time::Instant::now());
             false
         });
         let receiver = cell.subscribe();
-        let (reminders_seen, beats_seen) = {
-            let cell = receiver.borrow();
-            (cell.reminders_sent, cell.beats)
-        };
+        let signals_seen = receiver.borrow().signals.seen_now();
         Ok(Subscription {
             receiver,
-            reminders_seen,
-            beats_seen,
+            signals_seen,
             _slot: slot,
         })
     }
@@ -311,12 +320,7 @@ impl StateHub {
         };
         let reached = cell.receiver_count();
         if reached > 0 {
-            cell.send_modify(|cell| {
-                let keep = cell.reminders.len().min(REMINDER_BACKLOG - 1);
-                let older = &cell.reminders[cell.reminders.len() - keep..];
-                cell.reminders = older.iter().cloned().chain([frame]).collect();
-                cell.reminders_sent += 1;
-            });
+            cell.send_modify(|live| live.signals.remind(frame));
         }
         reached
     }
@@ -328,11 +332,11 @@ impl StateHub {
         (0..SLICES).for_each(|slice| self.beat_slice(slice));
     }
 
-    /// A keepalive tick for one slice of the users ([`super::cells`]): the clock beats one
+    /// A keepalive tick for one slice of the users ([`super::users`]): the clock beats one
     /// slice at a time, so a period's comments are spread over the period.
     pub fn beat_slice(&self, slice: usize) {
         for cell in self.cells_with_streams(slice) {
-            cell.send_modify(|cell| cell.beats += 1);
+            cell.send_modify(|live| live.signals.beat());
         }
     }
 
@@ -345,8 +349,8 @@ impl StateHub {
             if sender.receiver_count() > 0 {
                 return false;
             }
-            let cell = sender.borrow();
-            !cell.dirty && cell.touched_at.is_none_or(|at| at < cutoff)
+            let marks = &sender.borrow().marks;
+            !marks.dirty && marks.touched_at.is_none_or(|at| at < cutoff)
         })
     }
 
@@ -360,13 +364,13 @@ impl StateHub {
         let users = self.cells();
         self.closing.store(true, Ordering::Release);
         for cell in users.all() {
-            cell.send_modify(|cell| cell.closing = true);
+            cell.send_modify(|live| live.signals.close());
         }
     }
 
     /// The cells of a slice that someone waits on, taken out of the lock so that waking them
     /// does not hold up `apply`.
-    fn cells_with_streams(&self, slice: usize) -> Vec<cell::Sender<Cell>> {
+    fn cells_with_streams(&self, slice: usize) -> Vec<latest::Sender<Live>> {
         let users = self.cells();
         users
             .slice(slice)
@@ -378,17 +382,18 @@ impl StateHub {
 
     /// The cells, locked. A panic elsewhere while holding the lock left them consistent (every
     /// critical section is one map operation), so a poisoned lock is taken as it is.
-    fn cells(&self) -> std::sync::MutexGuard<'_, Cells> {
+    fn cells(&self) -> std::sync::MutexGuard<'_, Users> {
         self.users
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn new_cell(&self) -> Cell {
-        Cell {
-            closing: self.closing.load(Ordering::Acquire),
-            ..Cell::default()
+    fn new_cell(&self) -> Live {
+        let mut live = Live::default();
+        if self.closing.load(Ordering::Acquire) {
+            live.signals.close();
         }
+        live
     }
 
     /// EventSource connections open now.
@@ -418,6 +423,7 @@ impl Drop for ConnectionSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::signals::REMINDER_BACKLOG;
 
     fn mail(modseq: u64) -> StateChange {
         StateChange {
@@ -460,14 +466,14 @@ mod tests {
         assert!(!sub.receiver.has_changed());
         hub.apply("alice", &mail(1));
         assert!(sub.receiver.has_changed());
-        let cell = sub.receiver.borrow_and_update().clone();
-        assert_eq!(cell.state.mail, 1);
+        let published = sub.receiver.borrow_and_update().published.clone();
+        assert_eq!(published.state.mail, 1);
         assert_eq!(
-            cell.frame,
-            crate::stream::legacy::frame(&cell.state),
-            "encoded once, in the cell"
+            published.frame,
+            crate::stream::legacy::frame(&published.state),
+            "encoded once, in the channel"
         );
-        assert!(cell.changed_at.is_some(), "stamped when it moved");
+        assert!(published.changed_at.is_some(), "stamped when it moved");
         hub.apply("alice", &mail(1));
         assert!(!sub.receiver.has_changed());
         hub.apply("bob", &mail(9));
@@ -507,21 +513,26 @@ mod tests {
         let bob = hub.subscribe("bob").unwrap();
         assert_eq!(hub.remind("alice", Bytes::from_static(b"frame")), 2);
         assert!(first.receiver.has_changed(), "woken");
-        let cell = first.receiver.borrow_and_update().clone();
+        let signals = first.receiver.borrow_and_update().signals.clone();
         assert_eq!(
-            (cell.reminders_sent, &cell.reminders[..]),
+            signals.reminders(),
             (1, &[Bytes::from_static(b"frame")][..])
         );
         assert!(!bob.receiver.has_changed(), "not bob's");
         let late = hub.subscribe("alice").unwrap();
-        assert_eq!(late.reminders_seen, 1, "a later stream does not replay it");
+        assert_eq!(
+            late.signals_seen,
+            signals.seen_now(),
+            "a later stream does not replay it"
+        );
         for n in 0..10 {
             hub.remind("alice", Bytes::from(format!("r{n}")));
         }
-        let cell = first.receiver.borrow_and_update().clone();
-        assert_eq!(cell.reminders_sent, 11);
-        assert_eq!(cell.reminders.len(), REMINDER_BACKLOG, "the last few only");
-        assert_eq!(cell.reminders[REMINDER_BACKLOG - 1], "r9");
+        let signals = first.receiver.borrow_and_update().signals.clone();
+        let (sent, kept) = signals.reminders();
+        assert_eq!(sent, 11);
+        assert_eq!(kept.len(), REMINDER_BACKLOG, "the last few only");
+        assert_eq!(kept[REMINDER_BACKLOG - 1], "r9");
         drop((first, second, late));
         assert_eq!(
             hub.remind("alice", Bytes::from_static(b"late")),
@@ -537,7 +548,7 @@ mod tests {
         let mut alice = hub.subscribe("alice").unwrap();
         hub.beat();
         assert!(alice.receiver.has_changed());
-        assert_eq!(alice.receiver.borrow_and_update().beats, 1);
+        assert_eq!(alice.receiver.borrow_and_update().signals.beats(), 1);
         assert_eq!(
             (0..SLICES)
                 .map(|slice| hub.cells_with_streams(slice).len())
@@ -546,10 +557,10 @@ mod tests {
             "not the user nobody watches"
         );
         hub.close_streams();
-        assert!(alice.receiver.borrow_and_update().closing);
+        assert!(alice.receiver.borrow_and_update().signals.is_closing());
         let late = hub.subscribe("newcomer").unwrap();
         assert!(
-            late.receiver.borrow().closing,
+            late.receiver.borrow().signals.is_closing(),
             "a stream opened during shutdown ends too"
         );
     }

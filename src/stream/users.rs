@@ -1,34 +1,34 @@
-//! The user cells, by user and by keepalive slice.
+//! Every user's channel ([`super::latest`] of a [`Live`]), by user name and by keepalive slice.
 //!
 //! The keepalive clock beats one slice of users at a time, spread over the interval, so that
 //! a period's comments never go out in one burst (at 100,000 streams that would be 100,000
 //! writes, and the events arriving meanwhile would wait behind them). Keeping each slice's
 //! cells in a list of its own means a beat visits only its slice, however fine the slicing.
 //! The cells whose state moved since the last write to the record are listed too
-//! ([`Cells::mark_dirty`]), so the writer visits only those, and idle cells leave a slice at a
-//! time ([`Cells::evict`]), so no sweep holds the lock for long.
+//! ([`Users::mark_dirty`]), so the writer visits only those, and idle cells leave a slice at a
+//! time ([`Users::evict`]), so no sweep holds the lock for long.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 
-use super::cell::Sender;
-use super::state::Cell;
+use super::latest::Sender;
+use super::state::Live;
 
 /// How many slices the users are split into; the clock beats one per `interval / SLICES`.
 pub const SLICES: usize = 256;
 
-/// Every user's cell, found by user name or by slice.
-pub struct Cells {
-    by_user: HashMap<Arc<str>, Sender<Cell>>,
-    by_slice: Vec<Vec<(Arc<str>, Sender<Cell>)>>,
+/// Every user's channel, found by user name or by slice.
+pub struct Users {
+    by_user: HashMap<Arc<str>, Sender<Live>>,
+    by_slice: Vec<Vec<(Arc<str>, Sender<Live>)>>,
     /// Users whose cell says `dirty`, each once.
     dirty: Vec<Arc<str>>,
 }
 
-impl Default for Cells {
+impl Default for Users {
     fn default() -> Self {
-        Cells {
+        Users {
             by_user: HashMap::new(),
             by_slice: vec![Vec::new(); SLICES],
             dirty: Vec::new(),
@@ -36,14 +36,14 @@ impl Default for Cells {
     }
 }
 
-impl Cells {
+impl Users {
     /// The user's cell, if they have one.
-    pub fn get(&self, user: &str) -> Option<&Sender<Cell>> {
+    pub fn get(&self, user: &str) -> Option<&Sender<Live>> {
         self.by_user.get(user)
     }
 
     /// The user's cell, made with `make` if they have none.
-    pub fn get_or_insert_with(&mut self, user: &str, make: impl FnOnce() -> Cell) -> &Sender<Cell> {
+    pub fn get_or_insert_with(&mut self, user: &str, make: impl FnOnce() -> Live) -> &Sender<Live> {
         if !self.by_user.contains_key(user) {
             self.insert(user, make());
         }
@@ -51,8 +51,8 @@ impl Cells {
     }
 
     /// Adds a cell for a user who has none.
-    pub fn insert(&mut self, user: &str, cell: Cell) {
-        let sender = Sender::new(cell);
+    pub fn insert(&mut self, user: &str, live: Live) {
+        let sender = Sender::new(live);
         let name: Arc<str> = user.into();
         self.by_slice[slice_of(user)].push((name.clone(), sender.clone()));
         self.by_user.insert(name, sender);
@@ -71,17 +71,17 @@ impl Cells {
     }
 
     /// Every cell.
-    pub fn all(&self) -> impl Iterator<Item = &Sender<Cell>> {
+    pub fn all(&self) -> impl Iterator<Item = &Sender<Live>> {
         self.by_user.values()
     }
 
     /// The cells of one slice (`slice < SLICES`), with their users.
-    pub fn slice(&self, slice: usize) -> &[(Arc<str>, Sender<Cell>)] {
+    pub fn slice(&self, slice: usize) -> &[(Arc<str>, Sender<Live>)] {
         &self.by_slice[slice]
     }
 
     /// Removes the cells of one slice that `evict` picks; returns how many.
-    pub fn evict(&mut self, slice: usize, evict: impl Fn(&Sender<Cell>) -> bool) -> usize {
+    pub fn evict(&mut self, slice: usize, evict: impl Fn(&Sender<Live>) -> bool) -> usize {
         let mut evicted = 0;
         let by_user = &mut self.by_user;
         let cells = &mut self.by_slice[slice];
@@ -135,14 +135,14 @@ mod tests {
 
     #[test]
     fn every_cell_is_in_one_slice_and_users_spread() {
-        let mut cells = Cells::default();
+        let mut cells = Users::default();
         for n in 0..1000 {
             let user = format!("user{n}");
-            cells.insert(&user, Cell::default());
+            cells.insert(&user, Live::default());
             assert!(cells.get(&user).is_some());
         }
         cells.get_or_insert_with("user7", || panic!("user7 has a cell"));
-        cells.get_or_insert_with("newcomer", Cell::default);
+        cells.get_or_insert_with("newcomer", Live::default);
         let sizes: Vec<usize> = (0..SLICES).map(|s| cells.slice(s).len()).collect();
         assert_eq!(
             sizes.iter().sum::<usize>(),
