@@ -141,6 +141,8 @@ struct WireEvent<'a> {
     envelope: Option<&'a str>,
     /// `vnd.fastmail.jmapEmail`, read in place; None when absent or of an odd shape.
     jmap_email: Option<Envelope>,
+    /// The `id` of `vnd.fastmail.jmapEmail`: an Email id, in the account's id scheme.
+    jmap_email_id: Option<String>,
 }
 
 /// Reads the fields of [`WireEvent`] in one pass over the text, which must be one object and
@@ -170,7 +172,9 @@ fn read_wire(text: &str) -> Result<WireEvent<'_>, JsonError> {
             Field::Messages => wire.messages = reader.unsigned()?,
             Field::Unseen => wire.unseen = reader.unsigned()?,
             Field::Envelope => wire.envelope = Some(reader.raw()?),
-            Field::JmapEmail => wire.jmap_email = read_jmap_email(reader)?,
+            Field::JmapEmail => {
+                (wire.jmap_email, wire.jmap_email_id) = read_jmap_email(reader)?;
+            }
         }
         Ok(())
     })?;
@@ -231,19 +235,27 @@ fn first_time(reader: &Reader<'_>, seen: &mut u16, field: Field) -> Result<(), J
     Ok(())
 }
 
-/// Reads sender and subject from `vnd.fastmail.jmapEmail`, whose headers are already decoded.
-/// Its shape is checked: anything but an object whose `from` is null or an array of objects
-/// reads as None, so the caller falls back to the IMAP envelope. Bad JSON is still an error.
-fn read_jmap_email(reader: &mut Reader<'_>) -> Result<Option<Envelope>, JsonError> {
+/// Reads sender and subject from `vnd.fastmail.jmapEmail`, whose headers are already decoded,
+/// and its Email `id`. Its shape is checked: anything but an object whose `from` is null or an
+/// array of objects reads as no envelope, so the caller falls back to the IMAP envelope. Bad
+/// JSON is still an error.
+fn read_jmap_email(
+    reader: &mut Reader<'_>,
+) -> Result<(Option<Envelope>, Option<String>), JsonError> {
     if reader.peek() != Some(b'{') {
-        return reader.skip().map(|()| None);
+        return reader.skip().map(|()| (None, None));
     }
+    let mut id = None;
     let mut envelope = Envelope::default();
     let mut odd = false;
     let mut first_from = true;
     reader.object(|reader, key| match key.as_ref() {
         "subject" => {
             envelope.subject = reader.text()?.map(Cow::into_owned);
+            Ok(())
+        }
+        "id" => {
+            id = reader.text()?.map(Cow::into_owned);
             Ok(())
         }
         "from" if reader.peek() == Some(b'[') => reader.array(|reader| {
@@ -274,7 +286,7 @@ fn read_jmap_email(reader: &mut Reader<'_>) -> Result<Option<Envelope>, JsonErro
         }
         _ => reader.skip(),
     })?;
-    Ok((!odd).then_some(envelope))
+    Ok(((!odd).then_some(envelope), id))
 }
 
 fn event_from_json_text(json: &str) -> Result<Event, ParseError> {
@@ -307,13 +319,16 @@ fn event_from_json_text(json: &str) -> Result<Event, ParseError> {
         .jmap_email
         .or_else(|| envelope_from_imap(wire.envelope?));
     let counters = wire.counters.as_deref().and_then(Counters::parse);
-    let id_scheme = match (wire.email_id.as_deref(), wire.thread_id.as_deref()) {
-        (Some(id), _) if IdScheme::of_email_id(id) != IdScheme::Unknown => {
-            IdScheme::of_email_id(id)
-        }
-        (_, Some(id)) => IdScheme::of_thread_id(id),
-        _ => IdScheme::Unknown,
-    };
+    // The first id that shows a scheme: `vnd.cmu.emailid`, jmapEmail's `id`, the thread id.
+    let id_scheme = [
+        wire.email_id.as_deref().map(IdScheme::of_email_id),
+        wire.jmap_email_id.as_deref().map(IdScheme::of_email_id),
+        wire.thread_id.as_deref().map(IdScheme::of_thread_id),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|scheme| *scheme != IdScheme::Unknown)
+    .unwrap_or_default();
     check_range("modseq", wire.modseq)?;
     check_range("vnd.cmu.unseenMessages", wire.unseen)?;
     check_range("messages", wire.messages)?;
@@ -438,6 +453,13 @@ mod tests {
         assert_eq!(envelope.subject.as_deref(), Some("Grüße"));
         assert_eq!(envelope.from_name.as_deref(), Some("Jörg"));
         assert_eq!(envelope.from_address.as_deref(), Some("joerg@example.net"));
+        assert_eq!(event.id_scheme, IdScheme::Unknown, "no id in it");
+        let compact = json(r#"{"event":"MessageNew","vnd.fastmail.jmapEmail":{"id":"Sbrp-oRDd_Mh","subject":"x"}}"#).unwrap();
+        assert_eq!(
+            compact.id_scheme,
+            IdScheme::Compact,
+            "the scheme from jmapEmail's id"
+        );
         // An odd jmapEmail falls back to the envelope instead of failing the event.
         let event = json(r#"{"event":"MessageNew","vnd.cmu.envelope":"(NIL \"raw\" NIL NIL NIL NIL NIL NIL NIL NIL)","vnd.fastmail.jmapEmail":{"from":"nobody"}}"#).unwrap();
         assert_eq!(event.envelope.unwrap().subject.as_deref(), Some("raw"));
