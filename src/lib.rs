@@ -22,12 +22,13 @@
 //! - [`auth`]: client tokens; the only module that sees the token secret.
 //! - [`listen`]: binding, the shared accept loop and the connection budget every listener uses.
 //! - [`config`], [`metrics`], [`backoff`] (retry timing), [`files`] (private files), [`app`]
-//!   (start-up and shutdown).
+//!   (start-up and shutdown), [`doctor`] (the mail store's configuration, checked).
 
 pub mod app;
 pub mod auth;
 pub mod backoff;
 pub mod config;
+pub mod doctor;
 pub mod event;
 pub mod files;
 pub mod http;

@@ -64,6 +64,13 @@ enum Command {
     },
     /// Exit 0 if the server on http.listen answers GET /healthz, else 1 (for HEALTHCHECK).
     Health,
+    /// Check the mail store's configuration against mailpush's, line by line; exit 0 only when
+    /// nothing is at fault.
+    Doctor {
+        /// Cyrus's imapd.conf.
+        #[arg(long, value_name = "FILE", default_value = "/etc/imapd.conf")]
+        cyrus: PathBuf,
+    },
     /// Show or change a user's notification settings (language, SMS number and credit).
     #[command(subcommand)]
     User(UserCommand),
@@ -137,6 +144,7 @@ fn main() -> ExitCode {
             serve(config, config_path, log_level)
         }
         Command::Health => health(&config),
+        Command::Doctor { cyrus } => return doctor(&config, &cyrus),
         Command::User(command) => with_store(&config, |store| user_command(store, command)),
         Command::Jobs {
             state,
@@ -150,6 +158,24 @@ fn main() -> ExitCode {
             eprintln!("mailpush: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints the doctor's report on `imapd_conf`; exit 0 only when nothing is at fault.
+fn doctor(config: &Config, imapd_conf: &Path) -> ExitCode {
+    let text = match std::fs::read_to_string(imapd_conf) {
+        Ok(text) => text,
+        Err(err) => {
+            eprintln!("mailpush: cannot read {}: {err}", imapd_conf.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = mailpush::doctor::check_cyrus(&text, imapd_conf, config);
+    print!("{}", report.render());
+    if report.healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
