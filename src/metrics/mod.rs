@@ -88,6 +88,33 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// Every `limits_reached` label, so each series exists (at 0) from the start: `rate()` and
+/// dashboards see a bound before it is first reached.
+pub const LIMITS: &[&str] = &[
+    "connections_refused",
+    "idle_connection_closed",
+    "idle_timeout",
+    "request_timeout",
+    "send_timeout",
+    "accept_error",
+    "ndjson_rate",
+    "alarm_recipients_over_cap",
+    "job_spool_full",
+];
+
+/// Every `jobs_total` outcome, created at 0 for the same reason.
+pub const JOB_OUTCOMES: &[&str] = &[
+    "queued",
+    "duplicate",
+    "dropped",
+    "skipped_auto_submitted",
+    "unreadable_in_spool",
+    "sent",
+    "retried",
+    "dead",
+    "no_credit",
+];
+
 /// The most distinct slots (Cyrus `serverFQDN`s) given their own series; FastMail ran up to 40
 /// per machine. Later ones count under `other`.
 const MAX_SLOTS: usize = 128;
@@ -296,6 +323,15 @@ impl Metrics {
             "From an event to the provider's final answer to its push, by provider",
             push_latency.clone(),
         );
+        for limit in LIMITS {
+            limits_reached.get_or_create(&LimitLabels { limit });
+        }
+        for outcome in JOB_OUTCOMES {
+            jobs.get_or_create(&OutcomeLabels { outcome });
+        }
+        for operation in ["load", "save"] {
+            state_record_failures.get_or_create(&OperationLabels { operation });
+        }
         Metrics {
             registry,
             eventsource_latency,
