@@ -324,13 +324,13 @@ impl Metrics {
             push_latency.clone(),
         );
         for limit in LIMITS {
-            limits_reached.get_or_create(&LimitLabels { limit });
+            drop(limits_reached.get_or_create(&LimitLabels { limit }));
         }
         for outcome in JOB_OUTCOMES {
-            jobs.get_or_create(&OutcomeLabels { outcome });
+            drop(jobs.get_or_create(&OutcomeLabels { outcome }));
         }
         for operation in ["load", "save"] {
-            state_record_failures.get_or_create(&OperationLabels { operation });
+            drop(state_record_failures.get_or_create(&OperationLabels { operation }));
         }
         Metrics {
             registry,
