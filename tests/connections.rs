@@ -160,11 +160,26 @@ async fn a_stream_whose_client_stopped_reading_is_closed_after_the_send_timeout(
     )
     .await
     .unwrap();
-    // Calendar reminders of 50 KB each until the writer finds the socket full and gives up
-    // (bounded: the kernel's buffers hold a few megabytes at most).
+    let (timed_out, events) = flood_until(&app, 1.0).await;
+    assert!(timed_out, "no send timeout after {events} reminders");
+    eprintln!("alice's stream closed after {events} reminders");
+    // The other streams go on.
+    app.send_datagram(&common::mail_event_datagram("bob", 5));
+    assert_eq!(bob.next_state().await.0, 5);
+    common::wait_until("alice's slot freed", || async {
+        metric(&app.metrics().await, "mailpush_eventsource_connections") == 1.0
+    })
+    .await;
+    drop(alice);
+}
+
+/// Calendar reminders of 50 KB each for alice until `send_timeout` has been counted `count`
+/// times (bounded: the kernel's buffers hold a few megabytes at most). Returns whether it was,
+/// and how many reminders it took.
+async fn flood_until(app: &TestApp, count: f64) -> (bool, u64) {
     let summary = "x".repeat(50_000);
     let mut events = 0u64;
-    let timed_out = loop {
+    loop {
         for _ in 0..20 {
             events += 1;
             let alarm = format!(
@@ -178,21 +193,38 @@ async fn a_stream_whose_client_stopped_reading_is_closed_after_the_send_timeout(
             .concat();
             app.send_datagram(&datagram);
         }
-        if limit(&app.metrics().await, "send_timeout") >= 1.0 {
-            break true;
+        if limit(&app.metrics().await, "send_timeout") >= count {
+            return (true, events);
         }
         if events >= 10_000 {
-            break false;
+            return (false, events);
         }
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_hyper_serves_is_closed_after_the_send_timeout_too() {
+    let app = TestApp::builder()
+        .env("MAILPUSH_HTTP__SEND_TIMEOUT_SECS", "1")
+        .start()
+        .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let alice = socket.connect(app.http).await.unwrap();
+    let mut raw = Raw::from_socket(alice);
+    // A request first, so the stream that follows on this connection is hyper's.
+    raw.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    raw.until("ok\n").await;
+    raw.send(&format!(
+        "GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        app.token("alice")
+    ))
+    .await;
+    raw.until("transfer-encoding: chunked").await;
+    let (timed_out, events) = flood_until(&app, 1.0).await;
     assert!(timed_out, "no send timeout after {events} reminders");
-    eprintln!("alice's stream closed after {events} reminders");
-    // The other streams go on.
-    app.send_datagram(&common::mail_event_datagram("bob", 5));
-    assert_eq!(bob.next_state().await.0, 5);
     common::wait_until("alice's slot freed", || async {
-        metric(&app.metrics().await, "mailpush_eventsource_connections") == 1.0
+        metric(&app.metrics().await, "mailpush_eventsource_connections") == 0.0
     })
     .await;
-    drop(alice);
 }

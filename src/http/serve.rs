@@ -438,6 +438,9 @@ impl HyperConnection {
         let io = TokioIo::new(Rewound {
             read,
             socket: self.socket,
+            send_timeout: self.timeouts.send,
+            stalled: None,
+            state: state.clone(),
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -563,10 +566,40 @@ fn request_timed_out() -> Response<Body> {
         .unwrap_or_default()
 }
 
-/// A socket with bytes already read from it put back in front.
+/// A socket with bytes already read from it put back in front, whose writes give up after
+/// `send_timeout` without progress (a client that stopped reading a stream hyper serves).
 struct Rewound {
     read: Bytes,
     socket: TcpStream,
+    send_timeout: Duration,
+    /// Armed while a write waits for room; only then is there a timer.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    state: Arc<ConnectionState>,
+}
+
+impl Rewound {
+    /// What a write came to: progress disarms the timer; waiting arms it, and once it fires
+    /// the write fails, which ends the connection.
+    fn deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if written.is_ready() {
+            self.stalled = None;
+            return written;
+        }
+        let send_timeout = self.send_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send_timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            self.state.permit.limit_reached("send_timeout");
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
+    }
 }
 
 impl AsyncRead for Rewound {
@@ -591,7 +624,8 @@ impl AsyncWrite for Rewound {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.socket).poll_write(cx, buf)
+        let written = Pin::new(&mut self.socket).poll_write(cx, buf);
+        self.deadline(cx, written)
     }
 
     fn poll_write_vectored(
@@ -599,7 +633,8 @@ impl AsyncWrite for Rewound {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.socket).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.socket).poll_write_vectored(cx, bufs);
+        self.deadline(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

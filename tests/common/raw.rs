@@ -13,6 +13,14 @@ pub struct Raw {
 }
 
 impl Raw {
+    /// A client on a socket the test connected itself (with its own buffer sizes, say).
+    pub fn from_socket(socket: TcpStream) -> Raw {
+        Raw {
+            socket,
+            read: Vec::new(),
+        }
+    }
+
     pub async fn connect(app: &TestApp) -> Raw {
         let addr = app.url("").trim_start_matches("http://").to_owned();
         Raw {
