@@ -88,8 +88,14 @@ async fn a_database_outage_under_load_loses_no_job() {
     postgres.stop();
     let down_at = sent.load(Ordering::Relaxed);
     let metrics_url = server.url("/metrics");
+    // A fresh connection each time: a pooled one idles through the outage, as long as the
+    // server's keep-alive timeout, and the two closing at once would reset the request.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let metrics = || async {
-        let response = common::client().get(&metrics_url).send().await.unwrap();
+        let response = fresh.get(&metrics_url).send().await.unwrap();
         response.text().await.unwrap()
     };
     wait_until("jobs waiting in the spool", || async {

@@ -22,8 +22,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::hyper_conn::HyperConnection;
 use super::ingest::{accepts_secret, single_event};
-use super::serve::{HyperConnection, Timeouts};
+use super::serve::Timeouts;
 use crate::config::Secret;
 use crate::listen::Permit;
 use crate::metrics::Source;

@@ -9,6 +9,7 @@
 pub mod cors;
 pub mod devices;
 pub mod events;
+pub mod hyper_conn;
 pub mod ingest;
 pub mod lean_ingest;
 pub mod serve;

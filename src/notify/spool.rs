@@ -29,6 +29,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::ingest::LogEvery;
 use crate::job::JobRequest;
 use crate::metrics::Metrics;
 
@@ -54,9 +55,8 @@ pub struct Spool {
     /// The highest ticket whose line is on disk.
     synced: watch::Sender<u64>,
     metrics: Arc<Metrics>,
-    /// When the last "spool full" or write error was logged (ms since start), for rate limiting.
-    last_error_log: AtomicU64,
-    started: std::time::Instant,
+    /// "Spool full" and write errors are logged at most once a second.
+    refusals: LogEvery,
 }
 
 /// Says which spooled job to wait for; tickets rise with every append.
@@ -169,8 +169,7 @@ impl Spool {
             syncer_wake: Notify::new(),
             synced: watch::Sender::new(0),
             metrics,
-            last_error_log: AtomicU64::new(u64::MAX),
-            started: std::time::Instant::now(),
+            refusals: LogEvery::second(),
         });
         // Whatever an earlier run left is for the writer to drain first.
         spool.writer_wake.notify_one();
@@ -224,13 +223,9 @@ impl Spool {
 
     /// Logs a spool failure at most once a second, so a full disk cannot flood the log.
     pub fn log_refusal(&self, user: &str, error: &SpoolError) {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last = self.last_error_log.load(Ordering::Relaxed);
-        if last != u64::MAX && now.saturating_sub(last) < 1000 {
-            return;
+        if self.refusals.ready() {
+            tracing::error!(user = %user, error = %error, "job refused: not spooled");
         }
-        self.last_error_log.store(now, Ordering::Relaxed);
-        tracing::error!(user = %user, error = %error, "job refused: not spooled");
     }
 
     /// Bytes of jobs waiting for the database.
@@ -483,145 +478,5 @@ fn read_cursor(mut cursor: &File) -> Option<(u64, u64)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::job::Work;
-
-    fn job(n: usize) -> JobRequest {
-        JobRequest {
-            user: "alice".into(),
-            trigger: None,
-            key: format!("k{n}"),
-            work: Work::Sms {
-                number: None,
-                text: format!("text {n}"),
-            },
-        }
-    }
-
-    fn keys(batch: &SpoolBatch) -> Vec<String> {
-        batch.requests.iter().map(|r| r.key.clone()).collect()
-    }
-
-    fn open(dir: &Path) -> (Arc<Spool>, SpoolReader) {
-        Spool::open(dir, 1 << 30, Arc::new(Metrics::new())).unwrap()
-    }
-
-    #[test]
-    fn jobs_come_back_in_order_and_after_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, mut reader) = open(dir.path());
-        for n in 0..5 {
-            spool.append(&job(n)).unwrap();
-        }
-        let batch = reader.read_batch(&spool, 3).unwrap();
-        assert_eq!(keys(&batch), ["k0", "k1", "k2"]);
-        reader.commit(&spool, &batch).unwrap();
-        // The process dies here: k3 and k4 were read by nobody.
-        drop((spool, reader));
-        let (spool, mut reader) = open(dir.path());
-        spool.append(&job(5)).unwrap();
-        let mut seen = Vec::new();
-        loop {
-            let batch = reader.read_batch(&spool, 100).unwrap();
-            if !batch.moves() {
-                break;
-            }
-            seen.extend(keys(&batch));
-            reader.commit(&spool, &batch).unwrap();
-        }
-        assert_eq!(seen, ["k3", "k4", "k5"]);
-        assert_eq!(spool.pending_bytes(), 0);
-        assert_eq!(
-            segments(dir.path()).unwrap().len(),
-            1,
-            "drained segments are deleted; the active one stays"
-        );
-    }
-
-    #[test]
-    fn a_torn_line_is_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, reader) = open(dir.path());
-        spool.append(&job(0)).unwrap();
-        drop((spool, reader));
-        let first = segments(dir.path()).unwrap()[0];
-        let mut file = OpenOptions::new()
-            .append(true)
-            .open(segment_path(dir.path(), first))
-            .unwrap();
-        file.write_all(br#"{"user":"alice","key":"#).unwrap();
-        let (spool, mut reader) = open(dir.path());
-        spool.append(&job(1)).unwrap();
-        let mut seen = Vec::new();
-        for _ in 0..4 {
-            let batch = reader.read_batch(&spool, 100).unwrap();
-            seen.extend(keys(&batch));
-            reader.commit(&spool, &batch).unwrap();
-        }
-        assert_eq!(seen, ["k0", "k1"]);
-    }
-
-    #[test]
-    fn a_full_spool_refuses_and_frees_as_it_drains() {
-        let dir = tempfile::tempdir().unwrap();
-        let line = serde_json::to_vec(&job(0)).unwrap().len() as u64 + 1;
-        let (spool, mut reader) =
-            Spool::open(dir.path(), line * 2, Arc::new(Metrics::new())).unwrap();
-        spool.append(&job(0)).unwrap();
-        spool.append(&job(1)).unwrap();
-        assert!(matches!(
-            spool.append(&job(2)),
-            Err(SpoolError::Full { .. })
-        ));
-        let batch = reader.read_batch(&spool, 1).unwrap();
-        reader.commit(&spool, &batch).unwrap();
-        spool.append(&job(3)).unwrap();
-    }
-
-    #[test]
-    fn segments_rotate_and_are_read_across() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, mut reader) = open(dir.path());
-        let big = JobRequest {
-            work: Work::Sms {
-                number: None,
-                text: "x".repeat(600 << 10),
-            },
-            ..job(0)
-        };
-        let count = 2 * (SEGMENT_BYTES / (600 << 10)) as usize;
-        for n in 0..count {
-            spool
-                .append(&JobRequest {
-                    key: format!("k{n}"),
-                    ..big.clone()
-                })
-                .unwrap();
-        }
-        assert!(segments(dir.path()).unwrap().len() >= 2);
-        let mut seen = 0;
-        while seen < count {
-            let batch = reader.read_batch(&spool, 7).unwrap();
-            assert!(batch.moves(), "stuck after {seen}");
-            seen += batch.requests.len();
-            reader.commit(&spool, &batch).unwrap();
-        }
-        assert_eq!(segments(dir.path()).unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn durable_waits_for_the_syncer() {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, _reader) = open(dir.path());
-        let cancel = CancellationToken::new();
-        let syncer = tokio::spawn(spool.clone().run_syncer(cancel.clone()));
-        let ticket = spool.append(&job(0)).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), spool.wait_durable(ticket))
-            .await
-            .expect("synced");
-        assert!(*spool.synced.borrow() >= 1);
-        cancel.cancel();
-        syncer.await.unwrap();
-    }
-}
+#[path = "spool_tests.rs"]
+mod tests;

@@ -162,6 +162,13 @@ impl UserState {
     }
 }
 
+impl RecordMarks {
+    /// Marks the state unsaved; true when it was saved until now (the user must be listed).
+    fn mark_dirty(&mut self) -> bool {
+        !std::mem::replace(&mut self.dirty, true)
+    }
+}
+
 impl Published {
     /// Raises the state by `change`; when it moved, encodes its frame and stamps it `now`.
     fn raise(&mut self, change: &StateChange, now: std::time::Instant) -> bool {
@@ -196,8 +203,7 @@ impl StateHub {
             let moved = live.published.raise(change, now);
             if moved {
                 live.marks.touched_at = Some(now);
-                newly_dirty = !live.marks.dirty;
-                live.marks.dirty = true;
+                newly_dirty = live.marks.mark_dirty();
             }
             moved
         };
@@ -270,8 +276,7 @@ impl StateHub {
             };
             let mut newly_dirty = false;
             cell.send_if_modified(|live| {
-                newly_dirty = !live.marks.dirty;
-                live.marks.dirty = true;
+                newly_dirty = live.marks.mark_dirty();
                 false
             });
             if newly_dirty {
