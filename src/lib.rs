@@ -19,6 +19,8 @@
 //! - [`push`]: device pushes to APNs and FCM, on a bounded queue; the in-memory device cache.
 //! - [`job`]: the job model, the one shape a job has from `route` to the workers.
 //! - [`notify`]: the blocking path: the job spool, durable jobs, workers, email (lettre) and SMS.
+//! - [`cluster`]: several nodes serving the same users: states of record and their fan-out on
+//!   NATS JetStream, device and job announcements; off unless `cluster.nats_url` is set.
 //! - [`auth`]: client tokens; the only module that sees the token secret.
 //! - [`listen`]: binding, the shared accept loop and the connection budget every listener uses.
 //! - [`config`], [`metrics`], [`backoff`] (retry timing), [`files`] (private files), [`app`]
@@ -27,6 +29,7 @@
 pub mod app;
 pub mod auth;
 pub mod backoff;
+pub mod cluster;
 pub mod config;
 pub mod doctor;
 pub mod event;

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use crate::cluster::Reminders;
 use crate::event::{Event, ParseError};
 use crate::metrics::{Metrics, Source};
 use crate::notify::JobHandle;
@@ -21,6 +22,9 @@ pub struct Pipeline {
     hub: Arc<StateHub>,
     push: PushHandle,
     jobs: JobHandle,
+    /// In a cluster, reminders also go to the user's streams on other nodes. (States need no
+    /// such hand-off: the record's writer publishes them.)
+    reminders: Option<Reminders>,
     metrics: Arc<Metrics>,
 }
 
@@ -36,8 +40,15 @@ impl Pipeline {
             hub,
             push,
             jobs,
+            reminders: None,
             metrics,
         }
+    }
+
+    /// Sends reminders to other nodes too.
+    pub fn with_reminders(mut self, reminders: Reminders) -> Pipeline {
+        self.reminders = Some(reminders);
+        self
     }
 
     /// Counts, routes and applies one event. Never blocks. When the event made jobs, the
@@ -63,9 +74,11 @@ impl Pipeline {
                 Action::Push(request) => self.push.enqueue(request),
                 Action::Job(request) => ticket = self.jobs.enqueue(request).or(ticket),
                 Action::Reminder(reminder) => {
-                    let streams = self
-                        .hub
-                        .remind(&reminder.user, crate::stream::reminder::encode(&reminder));
+                    let frame = crate::stream::reminder::encode(&reminder);
+                    if let Some(reminders) = &self.reminders {
+                        reminders.send(&reminder.user, frame.clone());
+                    }
+                    let streams = self.hub.remind(&reminder.user, frame);
                     tracing::debug!(user = %reminder.user, streams, "calendar reminder");
                 }
                 Action::Refused {

@@ -277,11 +277,9 @@ async fn http_ingest_checks_its_secret_and_reports_bad_events() {
         body["errors"],
         json!([{"index": 1, "reason": "missing_event_name", "message": "event has no \"event\" name"}])
     );
-    assert_eq!(
-        alice.next_state().await,
-        (4, 0, 0),
-        "the good events of a partly bad batch count"
-    );
+    // The good events of a partly bad batch count; the stream may see the first before the
+    // second lands.
+    alice.state_reaching((4, 0, 0)).await;
 
     let response = post(event_json("alice", 5), Some(INGEST_SECRET))
         .await

@@ -14,10 +14,6 @@ use common::{AUTH_SECRET, Sse, wait_until};
 const CLIENTS: usize = 200;
 const JOBS: u32 = 300;
 
-fn mailto(n: u32) -> Vec<u8> {
-    format!("mailto\0SIEVE\0normal\0alice\0\x001\0r{n}@example.test\0Mail {n}\0/var/spool/cyrus/stage./{n}\0").into_bytes()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_streams_and_loses_no_job() {
     drain(None).await;
@@ -59,7 +55,7 @@ async fn drain(worker_threads: Option<usize>) {
     }
     let socket = dir.path().join("notify.sock");
     for n in 0..JOBS {
-        common::send_datagram(&socket, &mailto(n));
+        common::send_datagram(&socket, &common::sieve_mailto(n));
     }
     wait_until("sending under way", || async { smtp.mails().len() >= 10 }).await;
 

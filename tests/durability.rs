@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use common::server::{Server, run_command};
@@ -13,12 +12,6 @@ use common::wait_until;
 
 const JOBS: u32 = 500;
 const WORKERS: usize = 4;
-
-/// A Sieve mailto packet for delivery `n`, to its own recipient.
-fn mailto(n: u32) -> Vec<u8> {
-    format!("mailto\0SIEVE\0normal\0alice\0\x001\0r{n}@example.test\0Mail number {n}\n\nAction(s) taken:\nKept\n\0/var/spool/cyrus/stage./{n}\0")
-        .into_bytes()
-}
 
 /// The binary's settings; on PostgreSQL (`MAILPUSH_TEST_APP_PG_URL`, set by CI) in a schema
 /// of its own, kept across the restart.
@@ -47,16 +40,6 @@ async fn env(dir: &Path, smtp_url: &str) -> Vec<(&'static str, String)> {
     env
 }
 
-/// Message-ID → how many times the sink received it.
-fn deliveries(smtp: &SmtpSink) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for mail in smtp.mails() {
-        let id = mail.parsed().message_id().unwrap_or_default().to_owned();
-        *counts.entry(id).or_insert(0) += 1;
-    }
-    counts
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_run_loses_no_job() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,7 +50,7 @@ async fn kill_9_mid_run_loses_no_job() {
     let first = Server::start(dir.path(), &env, &["serve"]);
     let socket = dir.path().join("notify.sock");
     for n in 0..JOBS {
-        common::send_datagram(&socket, &mailto(n));
+        common::send_datagram(&socket, &common::sieve_mailto(n));
     }
     // Queued means written to the database: events still in the batching writer's memory
     // die with the process (Cyrus's datagrams are fire-and-forget at that point too).
@@ -95,10 +78,10 @@ async fn kill_9_mid_run_loses_no_job() {
 
     let second = Server::start(dir.path(), &env, &["serve"]);
     wait_until("every job sent", || async {
-        deliveries(&smtp).len() == JOBS as usize
+        smtp.by_message_id().len() == JOBS as usize
     })
     .await;
-    let counts = deliveries(&smtp);
+    let counts = smtp.by_message_id();
     let resent: usize = counts.values().map(|n| n - 1).sum();
     eprintln!("{sent_before_crash} emails before the kill; {resent} sent again after it");
     assert_eq!(resent, 0, "no email is sent twice");
@@ -126,7 +109,7 @@ async fn crash_while_the_relay_holds(stage: Hold, jobs: u32) -> String {
     let first = Server::start(dir.path(), &env, &["serve"]);
     let socket = dir.path().join("notify.sock");
     for n in 0..jobs {
-        common::send_datagram(&socket, &mailto(n));
+        common::send_datagram(&socket, &common::sieve_mailto(n));
     }
     wait_until("every worker waiting for the relay", || async {
         smtp.held() == WORKERS
@@ -137,7 +120,13 @@ async fn crash_while_the_relay_holds(stage: Hold, jobs: u32) -> String {
 
     let second = Server::start(dir.path(), &env, &["serve"]);
     wait_until("every job sent", || async {
-        deliveries(&smtp).len() == jobs as usize
+        smtp.by_message_id().len() == jobs as usize
+    })
+    .await;
+    // On SQLite the journal file is applied at start-up; on PostgreSQL the journal is in the
+    // jobs' rows, read when the dead run's leases run out.
+    wait_until("every job done", || async {
+        done_listed(dir.path(), &env) == jobs as usize
     })
     .await;
     let (status, listing, _) = run_command(
@@ -147,7 +136,7 @@ async fn crash_while_the_relay_holds(stage: Hold, jobs: u32) -> String {
     );
     assert_eq!(status, 0);
     assert_eq!(listing.lines().count(), jobs as usize + 1, "{listing}");
-    let copies: usize = deliveries(&smtp).values().sum();
+    let copies: usize = smtp.by_message_id().values().sum();
     assert_eq!(copies, jobs as usize, "each email exactly once");
     drop(second);
     listing
@@ -184,7 +173,7 @@ async fn jobs_wait_for_a_relay_that_is_down_and_die_when_it_never_comes() {
     let server = Server::start(dir.path(), &env, &["serve"]);
     let socket = dir.path().join("notify.sock");
     for n in 0..20 {
-        common::send_datagram(&socket, &mailto(n));
+        common::send_datagram(&socket, &common::sieve_mailto(n));
     }
     let url = server.url("/metrics");
     wait_until("failed attempts while the relay is down", || {
@@ -197,7 +186,10 @@ async fn jobs_wait_for_a_relay_that_is_down_and_die_when_it_never_comes() {
     .await;
     // The relay comes up on its address; every job arrives.
     let smtp = SmtpSink::start_on(std::net::TcpListener::bind(relay).unwrap());
-    wait_until("all 20 emails", || async { deliveries(&smtp).len() == 20 }).await;
+    wait_until("all 20 emails", || async {
+        smtp.by_message_id().len() == 20
+    })
+    .await;
     drop(server);
 
     // With attempts used up, a job is dead with its last error.
@@ -207,7 +199,7 @@ async fn jobs_wait_for_a_relay_that_is_down_and_die_when_it_never_comes() {
     env.push(("MAILPUSH_NOTIFY__MAX_ATTEMPTS", "2".to_owned()));
     env.push(("MAILPUSH_NOTIFY__RETRY_BASE_MS", "50".to_owned()));
     let server = Server::start(dir.path(), &env, &["serve"]);
-    common::send_datagram(&dir.path().join("notify.sock"), &mailto(1));
+    common::send_datagram(&dir.path().join("notify.sock"), &common::sieve_mailto(1));
     wait_until("a dead job", || async {
         let (_, listing, _) = run_command(dir.path(), &env, &["jobs", "--state", "dead"]);
         listing.lines().count() == 2
@@ -220,6 +212,13 @@ async fn jobs_wait_for_a_relay_that_is_down_and_die_when_it_never_comes() {
 }
 
 /// Jobs in the `mailpush jobs` listing, whatever their state.
+fn done_listed(dir: &Path, env: &[(&str, String)]) -> usize {
+    let (status, listing, stderr) =
+        run_command(dir, env, &["jobs", "--state", "done", "--limit", "100000"]);
+    assert_eq!(status, 0, "{stderr}");
+    listing.lines().count().saturating_sub(1)
+}
+
 fn jobs_listed(dir: &Path, env: &[(&str, String)]) -> usize {
     let (status, listing, stderr) = run_command(dir, env, &["jobs", "--limit", "100000"]);
     assert_eq!(status, 0, "{stderr}");
@@ -252,7 +251,7 @@ async fn a_burst_then_kill_9_keeps_every_job_that_was_read() {
     // Blocking sends, as Cyrus's: each returns once the datagram is in the socket's queue;
     // the kill comes right after the last one, with the queue full.
     for n in 0..BURST {
-        common::send_datagram(&socket, &mailto(n as u32 + 10_000));
+        common::send_datagram(&socket, &common::sieve_mailto(n as u32 + 10_000));
     }
     let log = first.log.clone();
     first.kill();

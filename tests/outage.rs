@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -14,28 +13,6 @@ use common::postgres::PrivatePostgres;
 use common::server::Server;
 use common::smtp::SmtpSink;
 use common::{wait_until, wait_until_within};
-
-/// A Sieve mailto packet for delivery `n`, to its own recipient.
-fn mailto(n: u32) -> Vec<u8> {
-    format!("mailto\0SIEVE\0normal\0alice\0\x001\0r{n}@example.test\0Mail number {n}\n\nAction(s) taken:\nKept\n\0/var/spool/cyrus/stage./{n}\0")
-        .into_bytes()
-}
-
-/// Recipient → how many emails it received.
-fn deliveries(smtp: &SmtpSink) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for mail in smtp.mails() {
-        let to = mail
-            .parsed()
-            .to()
-            .and_then(|to| to.first())
-            .and_then(|a| a.address())
-            .map(str::to_owned)
-            .unwrap_or_default();
-        *counts.entry(to).or_insert(0) += 1;
-    }
-    counts
-}
 
 /// How long the database is away: 60 s, or `MAILPUSH_TEST_OUTAGE_SECS`.
 fn outage() -> Duration {
@@ -77,7 +54,7 @@ async fn a_database_outage_under_load_loses_no_job() {
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let n = sent.load(Ordering::Relaxed);
-                common::send_datagram(&socket, &mailto(n));
+                common::send_datagram(&socket, &common::sieve_mailto(n));
                 sent.store(n + 1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -113,7 +90,8 @@ async fn a_database_outage_under_load_loses_no_job() {
         "emails after the outage",
         Duration::from_secs(60),
         || async {
-            deliveries(&smtp).contains_key(&format!("r{}@example.test", sent_by_resume + 10))
+            smtp.by_recipient()
+                .contains_key(&format!("r{}@example.test", sent_by_resume + 10))
         },
     )
     .await;
@@ -121,10 +99,10 @@ async fn a_database_outage_under_load_loses_no_job() {
     load.join().unwrap();
     let total = sent.load(Ordering::Relaxed) as usize;
     wait_until_within("every email", Duration::from_secs(60), || async {
-        deliveries(&smtp).len() == total
+        smtp.by_recipient().len() == total
     })
     .await;
-    let counts = deliveries(&smtp);
+    let counts = smtp.by_recipient();
     let twice: usize = counts.values().map(|n| n - 1).sum();
     eprintln!(
         "{total} jobs; {during} sent to mailpush during a {:?} outage ({spooled} bytes spooled); {twice} sent twice",

@@ -357,11 +357,84 @@ async fn postgres_store_contract() {
     jobs_contract(&store).await;
     states_contract(&store).await;
     concurrent_claims(&store).await;
+    journal_contract(&store).await;
     store.migrate().await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(admin_pool)
         .await
         .unwrap();
+}
+
+/// The delivery journal in the jobs' rows (nodes sharing PostgreSQL): a job whose lease ran
+/// out in the attempt the journal names is done when claimed, not sent again; a retried or
+/// requeued job forgets the record of its earlier attempt.
+async fn journal_contract(store: &Store) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    store
+        .insert_jobs(
+            &[
+                job("dave", "sieve_email", "j1"),
+                job("dave", "sieve_email", "j2"),
+            ],
+            20_000,
+        )
+        .await
+        .unwrap();
+    let Some(Claim::Job(sent)) = store.claim_job(20_000, 100).await.unwrap() else {
+        panic!("j1")
+    };
+    let Some(Claim::Job(retried)) = store.claim_job(20_000, 100).await.unwrap() else {
+        panic!("j2")
+    };
+    for job in [&sent, &retried] {
+        let connection = store
+            .journal_connection()
+            .await
+            .unwrap()
+            .expect("PostgreSQL");
+        let request_out = AtomicBool::new(false);
+        connection
+            .record(job.id, job.attempts, &request_out)
+            .await
+            .unwrap();
+        assert!(request_out.load(Ordering::Acquire));
+    }
+    // j2's relay refused the message after all: it is retried, and its record forgotten.
+    store.retry_job_at(retried.id, 20_000, "451").await.unwrap();
+    // j1's worker died after the `.`: once the lease runs out, the claim finds it delivered.
+    let Some(Claim::Job(again)) = store.claim_job(20_050, 100).await.unwrap() else {
+        panic!("the retried j2 comes first")
+    };
+    assert_eq!((again.id, again.attempts), (retried.id, 2));
+    match store.claim_job(20_100, 100).await.unwrap() {
+        Some(Claim::Delivered(job)) => {
+            assert_eq!((job.id, job.state), (sent.id, JobState::Done));
+        }
+        other => panic!("expected j1 delivered, got {other:?}"),
+    }
+    let done = store.jobs(Some(JobState::Done), 100).await.unwrap();
+    let j1 = done.iter().find(|job| job.id == sent.id).expect("j1 done");
+    assert!(
+        j1.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("delivery journal"),
+        "{j1:?}"
+    );
+    // A record for an attempt that is not the running one changes nothing.
+    let connection = store
+        .journal_connection()
+        .await
+        .unwrap()
+        .expect("PostgreSQL");
+    connection
+        .record(again.id, 1, &AtomicBool::new(false))
+        .await
+        .unwrap();
+    match store.claim_job(20_200, 100).await.unwrap() {
+        Some(Claim::Job(job)) => assert_eq!((job.id, job.attempts), (again.id, 3)),
+        other => panic!("expected j2 claimed again, got {other:?}"),
+    }
 }
 
 /// Many workers claiming at once on PostgreSQL (`FOR UPDATE SKIP LOCKED`): every job is claimed
@@ -412,6 +485,7 @@ async fn concurrent_claims(store: &Store) {
                     unpaid += 1;
                     ids.push(job.id);
                 }
+                Claim::Delivered(job) => panic!("nothing was journaled: {job:?}"),
             }
         }
     }

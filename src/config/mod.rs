@@ -6,6 +6,7 @@
 //! fix. Secrets are held in [`Secret`], which never prints its value. This file holds the tree
 //! and its defaults; `load.rs` builds and checks it.
 
+mod cluster;
 mod load;
 mod process;
 mod validate;
@@ -26,6 +27,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use cluster::ClusterConfig;
 pub use process::{ConnectionsConfig, RuntimeConfig, ShutdownConfig};
 
 /// The whole configuration; each module is handed only its own section.
@@ -40,6 +42,7 @@ pub struct Config {
     pub push: PushConfig,
     pub notify: NotifyConfig,
     pub jmap: JmapConfig,
+    pub cluster: ClusterConfig,
     pub connections: ConnectionsConfig,
     pub shutdown: ShutdownConfig,
     pub runtime: RuntimeConfig,

@@ -122,6 +122,10 @@ impl Config {
                 "must be a cookie name (visible ASCII, no = ; ,)",
             );
         }
+        let database_is_shared = self.database.url.as_ref().is_some_and(|url| {
+            url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://")
+        });
+        self.cluster.validate(database_is_shared)?;
         if let Some(url) = &self.database.url {
             let url = url.expose();
             if !(url.starts_with("sqlite:")
@@ -337,5 +341,45 @@ mod tests {
             &[("MAILPUSH_INGEST__CYRUS_SOCKET", &"x".repeat(120))],
             "ingest.cyrus_socket",
         );
+    }
+
+    #[test]
+    fn a_cluster_needs_a_shared_database_and_valid_names() {
+        const PG: (&str, &str) = ("MAILPUSH_DATABASE__URL", "postgres://db/mailpush");
+        const NATS: (&str, &str) = ("MAILPUSH_CLUSTER__NATS_URL", "nats://127.0.0.1:4222");
+        check_err(None, &[NATS], "cluster.nats_url");
+        check_err(
+            None,
+            &[NATS, ("MAILPUSH_DATABASE__URL", "sqlite://x.db")],
+            "cluster.nats_url",
+        );
+        for prefix in ["", "a.b", "a*", "x y", &"p".repeat(33)] {
+            check_err(
+                None,
+                &[PG, NATS, ("MAILPUSH_CLUSTER__PREFIX", prefix)],
+                "cluster.prefix",
+            );
+        }
+        check_err(
+            None,
+            &[PG, NATS, ("MAILPUSH_CLUSTER__NODE_ID", "a b")],
+            "cluster.node_id",
+        );
+        check_err(
+            None,
+            &[PG, NATS, ("MAILPUSH_CLUSTER__TLS_CERT_FILE", "c.pem")],
+            "cluster.tls_cert_file",
+        );
+        let config = Config::load(
+            None,
+            env(&[PG, NATS, ("MAILPUSH_CLUSTER__NODE_ID", "store-7")]),
+        )
+        .unwrap();
+        assert!(config.cluster.enabled());
+        assert_eq!(config.cluster.node_name(), "store-7");
+        assert_eq!(config.cluster.prefix, "mailpush");
+        let alone = Config::load(None, env(&[])).unwrap();
+        assert!(!alone.cluster.enabled(), "off by default");
+        assert!(!alone.cluster.node_name().is_empty(), "the host name");
     }
 }

@@ -11,9 +11,22 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, HttpState, authenticate};
+use super::{ApiError, Auth};
 use crate::auth::unix_now;
-use crate::store::{Device, DeviceError, Environment, NewDevice, Platform, Upserted};
+use crate::push::DeviceCache;
+use crate::store::{Device, DeviceError, Environment, NewDevice, Platform, Store, Upserted};
+
+/// What the device handlers use.
+pub struct Devices {
+    pub auth: Auth,
+    /// The `devices` table.
+    pub store: Store,
+    /// Registered devices in memory; updated after each committed change (and, in a cluster,
+    /// announced to the other nodes from there).
+    pub cache: Arc<DeviceCache>,
+    /// Devices one user may register.
+    pub max_per_user: usize,
+}
 
 /// A registration as apps send it.
 #[derive(Debug, Deserialize)]
@@ -49,11 +62,11 @@ const MAX_APP: usize = 255;
 
 /// Registers a device, or refreshes a known token (idempotent): 201 when new, 200 when known.
 pub async fn register(
-    State(state): State<Arc<HttpState>>,
+    State(state): State<Arc<Devices>>,
     headers: HeaderMap,
     body: Result<Json<Registration>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let user = authenticate(&state, &headers, None)?;
+    let user = state.auth.user(&headers, None)?;
     let Json(registration) = body.map_err(|rejection| match rejection.status() {
         axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
         _ => invalid(rejection.body_text()),
@@ -61,7 +74,7 @@ pub async fn register(
     let new = validate(user, registration).map_err(invalid)?;
     let upserted = state
         .store
-        .upsert_device(&new, to_i64(unix_now()), state.max_devices_per_user)
+        .upsert_device(&new, to_i64(unix_now()), state.max_per_user)
         .await
         .map_err(|err| match err {
             DeviceError::Limit(limit) => ApiError::Conflict {
@@ -70,7 +83,7 @@ pub async fn register(
             },
             DeviceError::Database(err) => ApiError::Internal(format!("cannot store device: {err}")),
         })?;
-    state.devices.apply(&upserted);
+    state.cache.apply(&upserted);
     let (status, device) = match &upserted {
         Upserted::Created(device) => (StatusCode::CREATED, device),
         Upserted::Updated { device, moved_from } => {
@@ -89,10 +102,10 @@ pub async fn register(
 
 /// Lists the caller's devices.
 pub async fn list(
-    State(state): State<Arc<HttpState>>,
+    State(state): State<Arc<Devices>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let user = authenticate(&state, &headers, None)?;
+    let user = state.auth.user(&headers, None)?;
     let devices = state
         .store
         .devices_of(&user)
@@ -106,11 +119,11 @@ pub async fn list(
 
 /// Deletes one of the caller's devices: 204, or 404 whether it is absent or someone else's.
 pub async fn delete(
-    State(state): State<Arc<HttpState>>,
+    State(state): State<Arc<Devices>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let user = authenticate(&state, &headers, None)?;
+    let user = state.auth.user(&headers, None)?;
     let not_found = || ApiError::NotFound {
         code: "device_not_found",
         message: "no such device".into(),
@@ -122,7 +135,7 @@ pub async fn delete(
         .await
         .map_err(|err| ApiError::Internal(format!("cannot delete device: {err}")))?;
     let device = removed.ok_or_else(not_found)?;
-    state.devices.remove(&device);
+    state.cache.remove(&device);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

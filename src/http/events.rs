@@ -1,9 +1,10 @@
 //! `GET /events` (FastMail's format) and `GET /jmap/eventsource` (RFC 8620 §7.3).
 //!
-//! Both authenticate the token, make sure the hub holds the user's stored state, read
-//! `Last-Event-ID`, take a connection slot from the hub and stream the [`Feed`] of the token's
-//! user. A user can only ever subscribe to their own cell:
-//! the user id comes from the verified token, never from the request.
+//! Both authenticate the token, take a connection slot from the hub (subscribing to the user's
+//! channel), get the user's state ready (in a cluster: listen for changes made on other nodes,
+//! then read the record), read `Last-Event-ID` and stream the [`Feed`] of the token's user. A
+//! user can only ever subscribe to their own cell: the user id comes from the verified token,
+//! never from the request.
 //!
 //! On a connection the lean listener serves ([`super::serve`]) the handler leaves the feed in
 //! the request's [`LeanStream`] slot and answers with the head only; on one hyper serves, the
@@ -20,9 +21,25 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::{ApiError, HttpState, authenticate, event_stream};
+use super::{ApiError, Auth, event_stream};
+use crate::metrics::Metrics;
 use crate::stream::jmap::TypeFilter;
-use crate::stream::{Feed, FeedOptions, Format, UserState};
+use crate::stream::persist::Persistence;
+use crate::stream::{Feed, FeedOptions, Format, JmapIds, StateHub, Subscription, UserState};
+
+/// What the stream handlers use.
+pub struct Streams {
+    pub auth: Auth,
+    /// Every user's channel, which streams subscribe to.
+    pub hub: Arc<StateHub>,
+    /// Gets a user's state ready before their stream's first frame.
+    pub persistence: Arc<Persistence>,
+    pub metrics: Arc<Metrics>,
+    /// `retry:` hint for EventSource clients, in milliseconds.
+    pub retry_ms: u64,
+    /// How JMAP state strings are written (`jmap.id_scheme`).
+    pub jmap_ids: JmapIds,
+}
 
 /// A slot the lean listener puts in a stream request's extensions: the handler leaves its
 /// feed here, and the listener writes the frames to the socket itself.
@@ -68,32 +85,45 @@ const PING_MAX_SECS: u64 = 600;
 
 /// Serves FastMail's `event: push` stream.
 pub async fn legacy(
-    State(state): State<Arc<HttpState>>,
+    State(state): State<Arc<Streams>>,
     lean: Option<Extension<LeanStream>>,
     headers: HeaderMap,
     query: Result<Query<LegacyQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
-    let user = authenticate(&state, &headers, query.access_token.as_deref())?;
-    state.persistence.ensure_loaded(&user).await;
-    let feed = open_feed(&state, &headers, user, Format::Legacy, "legacy")?;
+    let user = state.auth.user(&headers, query.access_token.as_deref())?;
+    let subscription = subscribe(&state, &user).await?;
+    let feed = open_feed(&state, &headers, subscription, Format::Legacy, "legacy");
     respond(feed, lean)
 }
 
 /// Serves the JMAP `event: state` stream.
 pub async fn jmap(
-    State(state): State<Arc<HttpState>>,
+    State(state): State<Arc<Streams>>,
     lean: Option<Extension<LeanStream>>,
     headers: HeaderMap,
     query: Result<Query<JmapQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
     // Authenticate before looking at the other parameters, so anonymous callers learn nothing.
-    let user = authenticate(&state, &headers, query.access_token.as_deref())?;
+    let user = state.auth.user(&headers, query.access_token.as_deref())?;
     let format = jmap_format(&query)?;
-    state.persistence.ensure_loaded(&user).await;
-    let feed = open_feed(&state, &headers, user, format, "jmap")?;
+    let subscription = subscribe(&state, &user).await?;
+    let feed = open_feed(&state, &headers, subscription, format, "jmap");
     respond(feed, lean)
+}
+
+/// Takes a connection slot on the user's channel, then gets the user's state ready: in that
+/// order, so that a change made elsewhere while the record is read still wakes the stream.
+async fn subscribe(state: &Streams, user: &str) -> Result<Subscription, ApiError> {
+    let subscription = state.hub.subscribe(user).inspect_err(|err| {
+        state.metrics.request_refused(match err {
+            crate::stream::SubscribeError::UserLimit => "user_limit",
+            crate::stream::SubscribeError::ServerLimit => "server_limit",
+        });
+    })?;
+    state.persistence.prepare(user).await;
+    Ok(subscription)
 }
 
 /// The stream response: the head alone when the lean listener writes the frames, the frames as
@@ -145,18 +175,12 @@ fn jmap_format(query: &JmapQuery) -> Result<Format, ApiError> {
 }
 
 fn open_feed(
-    state: &HttpState,
+    state: &Streams,
     headers: &HeaderMap,
-    user: String,
+    subscription: Subscription,
     format: Format,
     format_label: &'static str,
-) -> Result<Feed, ApiError> {
-    let subscription = state.hub.subscribe(&user).inspect_err(|err| {
-        state.metrics.request_refused(match err {
-            crate::stream::SubscribeError::UserLimit => "user_limit",
-            crate::stream::SubscribeError::ServerLimit => "server_limit",
-        });
-    })?;
+) -> Feed {
     let seen = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
@@ -168,7 +192,7 @@ fn open_feed(
         latency: state.metrics.eventsource_latency(),
         jmap_ids: state.jmap_ids,
     };
-    Ok(Feed::new(user, subscription, seen, options))
+    Feed::new(subscription, seen, options)
 }
 
 /// Adds up to 20 % to the reconnection delay, so that clients dropped together (a restart, a

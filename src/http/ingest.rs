@@ -15,10 +15,19 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{ApiError, HttpState, bearer, bearer_token};
+use super::{ApiError, bearer, bearer_token};
 use crate::config::Secret;
 use crate::event::{self, ParseError};
 use crate::metrics::{PacketHead, Source};
+use crate::pipeline::Pipeline;
+
+/// What `POST /ingest` uses.
+pub struct Ingest {
+    /// Where events go.
+    pub pipeline: Arc<Pipeline>,
+    /// The producers' bearer secret; None turns the endpoint off.
+    pub secret: Option<Secret>,
+}
 
 #[derive(Serialize)]
 struct Accepted {
@@ -42,7 +51,7 @@ struct Rejected {
 
 /// Accepts events over HTTP.
 pub async fn post(
-    State(state): State<Arc<HttpState>>,
+    State(state): State<Arc<Ingest>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -111,8 +120,8 @@ pub async fn post(
     Ok((StatusCode::BAD_REQUEST, Json(reply)).into_response())
 }
 
-fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(secret) = &state.ingest_secret else {
+fn authorize(state: &Ingest, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(secret) = &state.secret else {
         return Err(ApiError::Forbidden {
             code: "ingest_disabled",
             message: "POST /ingest is off: set ingest.secret to turn it on".into(),

@@ -2,7 +2,8 @@
 //!
 //! [`serve`] accepts connections and gives EventSource streams a lean writer of their own.
 //! Handlers live in [`events`] (EventSource streams), [`ingest`] (`POST /ingest`), [`devices`]
-//! and [`status`] (the operators' live page); [`cors`] lets web apps on other origins in. Every
+//! and [`status`] (the operators' live page); [`cors`] lets web apps on other origins in. Each
+//! group of handlers has a state of its own in [`AppState`], holding only what it uses. Every
 //! error reaches the client as JSON with a stable `code`; client errors are logged at debug at
 //! most, so a misbehaving client cannot fill the log.
 
@@ -18,7 +19,7 @@ pub mod status;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,52 +27,54 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Claims, TokenKeys};
+use crate::cluster::Link;
 use crate::config::Secret;
 use crate::listen::ConnectionBudget;
 use crate::metrics::{Levels, Metrics};
-use crate::pipeline::Pipeline;
-use crate::push::{DeviceCache, PushHandle};
+use crate::push::PushHandle;
 use crate::store::Store;
-use crate::stream::persist::Persistence;
 use crate::stream::{StateHub, SubscribeError};
 
-/// What the handlers share.
-pub struct HttpState {
-    /// Live state cells that EventSource connections subscribe to.
-    pub hub: Arc<StateHub>,
-    /// Verifies client tokens.
+/// What the router holds: one part per group of handlers, each handed only its own part
+/// (axum's `FromRef`).
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub streams: Arc<events::Streams>,
+    pub ingest: Arc<ingest::Ingest>,
+    pub devices: Arc<devices::Devices>,
+    pub operators: Arc<Operators>,
+}
+
+/// Verifies client tokens (header, cookie or query) and counts the refusals.
+pub struct Auth {
     pub keys: Arc<TokenKeys>,
-    /// Where `POST /ingest` hands events.
-    pub pipeline: Arc<Pipeline>,
-    pub metrics: Arc<Metrics>,
-    /// Bearer secret for `POST /ingest`; None turns the endpoint off.
-    pub ingest_secret: Option<Secret>,
     /// Cookie that may carry a client token.
     pub cookie_name: String,
-    /// `retry:` hint for EventSource clients, in milliseconds.
+    pub metrics: Arc<Metrics>,
+}
+
+/// What the operators' endpoints use: `/readyz`, `/metrics` and the status page.
+pub struct Operators {
+    pub auth: Auth,
+    pub metrics: Arc<Metrics>,
+    /// The bearer token `/metrics` asks for; None leaves it open.
+    pub metrics_token: Option<Secret>,
+    /// The database, which `/readyz` pings.
+    pub store: Store,
+    /// The NATS connection when clustered, which `/readyz` reports on.
+    pub cluster: Option<Arc<Link>>,
+    /// The owners of the gauges.
+    pub hub: Arc<StateHub>,
+    pub push: PushHandle,
+    pub budget: Arc<ConnectionBudget>,
+    /// `retry:` hint of the status stream, in milliseconds.
     pub retry_ms: u64,
     /// Cancelled at shutdown: the status stream ends (user streams end through their cells).
     pub shutdown: CancellationToken,
-    /// The database, for device registration.
-    pub store: Store,
-    /// Registered devices in memory; updated after each committed registration.
-    pub devices: Arc<DeviceCache>,
-    /// Devices one user may register.
-    pub max_devices_per_user: usize,
-    /// The push queue, for its depth on `/metrics`.
-    pub push: PushHandle,
-    /// Every listener's connections, for the gauges on `/metrics`.
-    pub budget: Arc<ConnectionBudget>,
-    /// The bearer token `/metrics` asks for; None leaves it open.
-    pub metrics_token: Option<Secret>,
-    /// Reads a user's stored state before their stream opens.
-    pub persistence: Arc<Persistence>,
-    /// How JMAP state strings are written (`jmap.id_scheme`).
-    pub jmap_ids: crate::stream::JmapIds,
 }
 
 /// Builds the router with every endpoint.
-pub fn router(state: Arc<HttpState>, max_body_bytes: usize, cors_origins: &[String]) -> Router {
+pub fn router(state: AppState, max_body_bytes: usize, cors_origins: &[String]) -> Router {
     let router = Router::new()
         .route("/events", get(events::legacy))
         .route("/jmap/eventsource", get(events::jmap))
@@ -98,31 +101,40 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when the database answers (the listeners are bound before HTTP serves at all).
-async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
-    match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({"database": "ok"})),
-        )
-            .into_response(),
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, "readiness: database unreachable");
-            not_ready("database unreachable")
+/// Ready when the database answers and, in a cluster, the node is connected to NATS (a node
+/// cut off serves stale states to users whose changes are ingested elsewhere): a load
+/// balancer sends clients to another node meanwhile.
+async fn readyz(State(state): State<Arc<Operators>>) -> Response {
+    let database =
+        match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await {
+            Ok(Ok(())) => Ok("ok"),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "readiness: database unreachable");
+                Err("database unreachable")
+            }
+            Err(_) => Err("database did not answer within 2 s"),
+        };
+    let cluster = state.cluster.as_ref().map(|link| {
+        if link.is_connected() {
+            Ok("connected")
+        } else {
+            Err("cut off from NATS")
         }
-        Err(_) => not_ready("database did not answer within 2 s"),
+    });
+    let ready = database.is_ok() && cluster.is_none_or(|cluster| cluster.is_ok());
+    let mut body = serde_json::json!({ "database": database.unwrap_or_else(|reason| reason) });
+    if let Some(cluster) = cluster {
+        body["cluster"] = serde_json::json!(cluster.unwrap_or_else(|reason| reason));
     }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }
 
-fn not_ready(reason: &str) -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(serde_json::json!({"database": reason})),
-    )
-        .into_response()
-}
-
-impl HttpState {
+impl Operators {
     /// The gauges, read from their owners: for `/metrics` and the status page.
     fn levels(&self) -> Levels {
         Levels {
@@ -131,6 +143,10 @@ impl HttpState {
             open_connections: self.budget.open(),
             connection_budget: self.budget.max(),
             users_in_memory: self.hub.users(),
+            cluster_connected: self
+                .cluster
+                .as_ref()
+                .is_some_and(|link| link.is_connected()),
         }
     }
 }
@@ -148,7 +164,7 @@ fn event_stream(body: axum::body::Body) -> Result<Response, ApiError> {
 
 /// `/metrics`: open to whoever reaches the port, unless `http.metrics_token` is set; then the
 /// scraper sends it as a bearer token.
-async fn metrics(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+async fn metrics(State(state): State<Arc<Operators>>, headers: HeaderMap) -> Response {
     if let Some(token) = &state.metrics_token {
         let given = bearer(&headers).is_some_and(|given| token.matches(given.as_bytes()));
         if !given {
@@ -248,44 +264,38 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The user a request speaks for, from its verified client token; refusals are counted.
-pub fn authenticate(
-    state: &HttpState,
-    headers: &HeaderMap,
-    query_token: Option<&str>,
-) -> Result<String, ApiError> {
-    verify(state, headers, query_token).map(|claims| claims.sub)
-}
-
-/// The operator a request speaks for: a verified token with the admin claim.
-pub fn authenticate_admin(
-    state: &HttpState,
-    headers: &HeaderMap,
-    query_token: Option<&str>,
-) -> Result<String, ApiError> {
-    let claims = verify(state, headers, query_token)?;
-    if !claims.admin {
-        state.metrics.request_refused("not_admin");
-        return Err(ApiError::Forbidden {
-            code: "not_admin",
-            message: "this needs a token with the admin claim (mailpush token --admin)".into(),
-        });
+impl Auth {
+    /// The user a request speaks for, from its verified client token; refusals are counted.
+    pub fn user(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<String, ApiError> {
+        self.verify(headers, query_token).map(|claims| claims.sub)
     }
-    Ok(claims.sub)
-}
 
-fn verify(
-    state: &HttpState,
-    headers: &HeaderMap,
-    query_token: Option<&str>,
-) -> Result<Claims, ApiError> {
-    request_token(headers, &state.cookie_name, query_token)
-        .ok_or(AuthError::Missing)
-        .and_then(|token| state.keys.verify(token))
-        .map_err(|err| {
-            state.metrics.request_refused(err.code());
-            err.into()
-        })
+    /// The operator a request speaks for: a verified token with the admin claim.
+    pub fn admin(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<String, ApiError> {
+        let claims = self.verify(headers, query_token)?;
+        if !claims.admin {
+            self.metrics.request_refused("not_admin");
+            return Err(ApiError::Forbidden {
+                code: "not_admin",
+                message: "this needs a token with the admin claim (mailpush token --admin)".into(),
+            });
+        }
+        Ok(claims.sub)
+    }
+
+    fn verify(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Claims, ApiError> {
+        request_token(headers, &self.cookie_name, query_token)
+            .ok_or(AuthError::Missing)
+            .and_then(|token| self.keys.verify(token))
+            .map_err(|err| {
+                self.metrics.request_refused(err.code());
+                err.into()
+            })
+    }
 }
 
 /// The token of a request: `Authorization: Bearer`, then the cookie, then `?access_token=`.

@@ -480,12 +480,7 @@ mod tests {
             latency: prometheus_client::metrics::histogram::Histogram::new([1.0]),
             jmap_ids: crate::stream::JmapIds::Auto,
         };
-        let feed = Feed::new(
-            "alice".into(),
-            hub.subscribe("alice").unwrap(),
-            None,
-            options,
-        );
+        let feed = Feed::new(hub.subscribe("alice").unwrap(), None, options);
         let budget = crate::listen::ConnectionBudget::new(1, Default::default());
         let crate::listen::Admission::Admitted(permit) = budget.admit() else {
             panic!("room for one")

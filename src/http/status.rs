@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::stream;
 use serde::Deserialize;
 
-use super::{ApiError, HttpState, authenticate_admin, event_stream};
+use super::{ApiError, Operators, event_stream};
 
 /// The page, with its script and styles inline.
 const PAGE: &str = include_str!("status.html");
@@ -37,12 +37,12 @@ pub struct StatusQuery {
 
 /// Serves the page to operators.
 pub async fn page(
-    State(state): State<Arc<HttpState>>,
+    State(state): State<Arc<Operators>>,
     headers: HeaderMap,
     query: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let token = query.ok().and_then(|Query(query)| query.access_token);
-    let operator = authenticate_admin(&state, &headers, token.as_deref())?;
+    let operator = state.auth.admin(&headers, token.as_deref())?;
     tracing::debug!(operator, "status page opened");
     Ok((
         [
@@ -58,12 +58,12 @@ pub async fn page(
 
 /// Streams `event: stats` frames until the client leaves or the server drains.
 pub async fn events(
-    State(state): State<Arc<HttpState>>,
+    State(state): State<Arc<Operators>>,
     headers: HeaderMap,
     query: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let token = query.ok().and_then(|Query(query)| query.access_token);
-    authenticate_admin(&state, &headers, token.as_deref())?;
+    state.auth.admin(&headers, token.as_deref())?;
     let mut ticker = tokio::time::interval(INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A field line with no blank line after it: the first stats event carries it.
@@ -86,7 +86,7 @@ pub async fn events(
     event_stream(axum::body::Body::from_stream(frames))
 }
 
-fn stats_frame(state: &HttpState) -> Bytes {
+fn stats_frame(state: &Operators) -> Bytes {
     let snapshot = state.metrics.snapshot(state.levels());
     // Serializing plain maps, numbers and strings cannot fail; JSON has no raw newlines.
     let json = serde_json::to_string(&snapshot).unwrap_or_else(|_| "{}".into());

@@ -5,6 +5,7 @@
 //! reject reasons, sources) or are capped (slots), so a producer cannot grow the series without
 //! limit. The status page's totals and latest rejected packets live in [`status`].
 
+mod cluster;
 mod status;
 
 use std::collections::HashSet;
@@ -18,6 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+pub use cluster::ClusterMetrics;
 use status::StatusTotals;
 pub use status::{EXCERPT_BYTES, PacketHead, Rejection, StatusSnapshot};
 
@@ -144,6 +146,8 @@ pub struct Metrics {
     job_latency: Histogram,
     eventsource_latency: Histogram,
     push_latency: Family<ProviderLabels, Histogram, fn() -> Histogram>,
+    /// The cluster's series (`mailpush_cluster_*`).
+    pub cluster: ClusterMetrics,
     totals: StatusTotals,
 }
 
@@ -184,6 +188,8 @@ pub struct Levels {
     pub connection_budget: usize,
     /// Users whose state is in memory.
     pub users_in_memory: usize,
+    /// Whether the node is connected to NATS (false when it is not clustered).
+    pub cluster_connected: bool,
 }
 
 impl Default for Metrics {
@@ -323,6 +329,7 @@ impl Metrics {
             "From an event to the provider's final answer to its push, by provider",
             push_latency.clone(),
         );
+        let cluster = ClusterMetrics::register(&mut registry);
         for limit in LIMITS {
             drop(limits_reached.get_or_create(&LimitLabels { limit }));
         }
@@ -356,6 +363,7 @@ impl Metrics {
             connection_budget,
             frames_sent,
             requests_refused,
+            cluster,
             totals: StatusTotals::default(),
         }
     }
@@ -488,6 +496,7 @@ impl Metrics {
         self.open_connections.set(gauge(levels.open_connections));
         self.connection_budget.set(gauge(levels.connection_budget));
         self.users_in_memory.set(gauge(levels.users_in_memory));
+        self.cluster.set_connected(levels.cluster_connected);
         let mut text = String::new();
         if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::error!(error = %err, "cannot render metrics");

@@ -49,12 +49,13 @@ impl MailTransport {
         }
     }
 
-    /// Sends one message; `before_commit` runs right before the relay can take it for good.
+    /// Sends one message; `before_commit` completes right before the relay can take it for
+    /// good (the outbox never runs it: a file written is not sent twice by a crash).
     /// SMTP permanent (5xx) replies are permanent; the rest is retried.
     pub async fn send(
         &self,
         message: Message,
-        before_commit: impl FnOnce(),
+        before_commit: super::smtp::Commit,
     ) -> Result<(), SendError> {
         match self {
             MailTransport::Smtp(relay) => {

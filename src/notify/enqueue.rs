@@ -53,12 +53,29 @@ impl JobHandle {
     }
 }
 
-/// Starts the writer and the spool's syncer; `written` wakes the workers after each batch.
+/// Who hears that a batch of jobs was committed.
+#[derive(Clone, Default)]
+pub struct JobsWritten {
+    /// This node's workers, every waiting one.
+    pub workers: Arc<Notify>,
+    /// Whoever tells other nodes' workers (the cluster): one wake-up for any number of
+    /// batches written since it last looked.
+    pub elsewhere: Arc<Notify>,
+}
+
+impl JobsWritten {
+    fn signal(&self) {
+        self.workers.notify_waiters();
+        self.elsewhere.notify_one();
+    }
+}
+
+/// Starts the writer and the spool's syncer; `written` hears of each batch committed.
 pub fn spawn(
     (spool, reader): (Arc<Spool>, SpoolReader),
     store: Store,
     metrics: Arc<Metrics>,
-    written: Arc<Notify>,
+    written: JobsWritten,
     tracker: &tokio_util::task::TaskTracker,
     shutdown: CancellationToken,
 ) -> JobHandle {
@@ -81,7 +98,7 @@ async fn run(
     mut reader: SpoolReader,
     store: Store,
     metrics: Arc<Metrics>,
-    written: Arc<Notify>,
+    written: JobsWritten,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -110,7 +127,7 @@ async fn run(
             tracing::error!(error = %err, "cannot move the job spool's cursor; jobs may be read again");
         }
         if !batch.is_empty() {
-            written.notify_waiters();
+            written.signal();
             continue;
         }
         if batch.moves() {

@@ -2,9 +2,11 @@
 //!
 //! lettre's pooled transport sends a message as one opaque call, so nothing can run between
 //! the last byte of the message and the `.` that commits it at the relay. That moment is the
-//! one a crash-safe queue needs: [`SmtpRelay::send`] calls `before_commit` right before the
-//! final `.` is written, and the worker records the delivery in its journal there (see
-//! [`super::journal`]). Owning the connections also lets every socket be opened with
+//! one a crash-safe queue needs: [`SmtpRelay::send`] has the worker's journal record the
+//! delivery right before the final `.` is written (see [`super::journal`]). The record may be
+//! a database write, so it is a future ([`Commit`]): a gate in front of the socket's writes,
+//! armed once lettre asks for the part after the message, holds the `.` back until the
+//! record's request has left the process, and its answer is awaited after the relay's. Owning the connections also lets every socket be opened with
 //! `TCP_NODELAY`: the message and the final `.` are two small writes, and with Nagle's
 //! algorithm the second waits for the relay's delayed ACK, 40 ms per email.
 //!
@@ -13,7 +15,9 @@
 //! `user:password@` for AUTH PLAIN/LOGIN, and a path naming the EHLO host.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -57,8 +61,86 @@ struct Target {
 }
 
 struct Idle {
-    connection: AsyncSmtpConnection,
+    connection: Connection,
     since: Instant,
+}
+
+/// A connection, and the gate in front of its socket's writes.
+struct Connection {
+    smtp: AsyncSmtpConnection,
+    gate: Arc<Gate>,
+}
+
+/// The journal's record of a delivery, which must reach the journal before the `.` leaves.
+pub struct Commit {
+    /// The record; it completes once the journal has it.
+    pub record: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Set by the record once its request has left the process (a database query written
+    /// to its socket): from then on a crash cannot keep it from the journal, so the `.` may
+    /// go at once and the journal's answer be awaited after the relay's. A record that
+    /// never sets it holds the `.` until it completes.
+    pub sent: Arc<AtomicBool>,
+}
+
+/// Holds a socket's writes while a [`Commit`] is on its way to the journal.
+#[derive(Default)]
+struct Gate {
+    /// A std mutex: held while the record is polled, by the one task that writes.
+    armed: Mutex<Option<Commit>>,
+}
+
+impl Commit {
+    /// A record that is made at once (or not at all).
+    pub fn done() -> Commit {
+        Commit {
+            record: Box::pin(std::future::ready(())),
+            sent: Arc::default(),
+        }
+    }
+}
+
+impl Gate {
+    fn arm(&self, commit: Commit) {
+        *self.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some(commit);
+    }
+
+    /// What is left of the record once the `.` went: awaited after the relay answers.
+    fn take(&self) -> Option<Commit> {
+        self.armed.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Ready once the record is done, or its request has left the process.
+    fn poll_open(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(commit) = armed.as_mut() else {
+            return Poll::Ready(());
+        };
+        if commit.sent.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        match commit.record.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                *armed = None;
+                Poll::Ready(())
+            }
+            Poll::Pending if commit.sent.load(Ordering::Acquire) => Poll::Ready(()),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A socket whose writes wait for its gate. It sits under any TLS (implicit or STARTTLS), so
+/// it sees the `.` as the first write after the gate is armed, plain or encrypted.
+#[derive(Debug)]
+struct Gated<S> {
+    inner: S,
+    gate: Arc<Gate>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
 }
 
 /// A pool of SMTP connections to one relay.
@@ -106,39 +188,45 @@ impl SmtpRelay {
         &self,
         envelope: &Envelope,
         message: &[u8],
-        before_commit: impl FnOnce(),
+        before_commit: Commit,
     ) -> Result<(), SendError> {
         let (mut connection, reused) = match self.checkout() {
             Some(connection) => (connection, true),
             None => (self.connect().await?, false),
         };
-        if let Err(err) = self.start(&mut connection, envelope, message).await {
-            connection.abort().await;
+        if let Err(err) = self.start(&mut connection.smtp, envelope, message).await {
+            connection.smtp.abort().await;
             if !(reused && is_connection_lost(&err)) {
                 return Err(classify(&err));
             }
             tracing::debug!(error = %err, "pooled SMTP connection was closed; reconnecting");
             connection = self.connect().await?;
-            if let Err(err) = self.start(&mut connection, envelope, message).await {
-                connection.abort().await;
+            if let Err(err) = self.start(&mut connection.smtp, envelope, message).await {
+                connection.smtp.abort().await;
                 return Err(classify(&err));
             }
         }
         let mut before_commit = Some(before_commit);
-        let parts = std::iter::once(message).chain(std::iter::from_fn(|| {
-            // Asked for a part after the last one: lettre writes the final `.` next.
-            if let Some(hook) = before_commit.take() {
-                hook();
+        let gate = connection.gate.clone();
+        let parts = std::iter::once(message).chain(std::iter::from_fn(move || {
+            // Asked for a part after the last one: lettre writes the final `.` next, and the
+            // gate holds it until the record is on its way.
+            if let Some(commit) = before_commit.take() {
+                gate.arm(commit);
             }
             None
         }));
-        match connection.message_iter(parts).await {
+        let sent = connection.smtp.message_iter(parts).await;
+        if let Some(rest) = connection.gate.take() {
+            rest.record.await;
+        }
+        match sent {
             Ok(_) => {
                 self.checkin(connection);
                 Ok(())
             }
             Err(err) => {
-                connection.abort().await;
+                connection.smtp.abort().await;
                 Err(classify(&err))
             }
         }
@@ -174,10 +262,10 @@ impl SmtpRelay {
         Ok(())
     }
 
-    fn checkout(&self) -> Option<AsyncSmtpConnection> {
+    fn checkout(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(entry) = idle.pop() {
-            if entry.since.elapsed() < MAX_IDLE_AGE && !entry.connection.has_broken() {
+            if entry.since.elapsed() < MAX_IDLE_AGE && !entry.connection.smtp.has_broken() {
                 return Some(entry.connection);
             }
             // Too old: dropped without QUIT, which costs the relay nothing it cannot handle.
@@ -185,7 +273,7 @@ impl SmtpRelay {
         None
     }
 
-    fn checkin(&self, connection: AsyncSmtpConnection) {
+    fn checkin(&self, connection: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {
             idle.push(Idle {
@@ -196,14 +284,19 @@ impl SmtpRelay {
     }
 
     /// Opens a connection: TCP with `TCP_NODELAY`, TLS or STARTTLS as configured, EHLO, AUTH.
-    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+    async fn connect(&self) -> Result<Connection, SendError> {
         let target = &self.target;
+        let gate = Arc::new(Gate::default());
         let connected = tokio::time::timeout(self.timeout, async {
             let tcp = TcpStream::connect((target.host.as_str(), target.port))
                 .await
                 .map_err(|err| format!("cannot connect: {err}"))?;
             tcp.set_nodelay(true)
                 .map_err(|err| format!("TCP_NODELAY: {err}"))?;
+            let tcp = Gated {
+                inner: tcp,
+                gate: gate.clone(),
+            };
             let mut connection = match &self.tls {
                 Some(tls) => {
                     let name = rustls::pki_types::ServerName::try_from(target.host.clone())
@@ -245,7 +338,7 @@ impl SmtpRelay {
         })
         .await;
         match connected {
-            Ok(Ok(connection)) => Ok(connection),
+            Ok(Ok(smtp)) => Ok(Connection { smtp, gate }),
             Ok(Err(reason)) => Err(SendError::Retry(format!(
                 "SMTP {}:{}: {reason}",
                 target.host, target.port
@@ -260,11 +353,46 @@ impl SmtpRelay {
 
 /// An `smtps://` stream in the form lettre's connection takes.
 #[derive(Debug)]
-struct TlsOverTcp(tokio_rustls::client::TlsStream<TcpStream>);
+struct TlsOverTcp(tokio_rustls::client::TlsStream<Gated<TcpStream>>);
 
 impl AsyncTokioStream for TlsOverTcp {
     fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.0.get_ref().0.peer_addr()
+        self.0.get_ref().0.inner.peer_addr()
+    }
+}
+
+impl AsyncTokioStream for Gated<TcpStream> {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.inner.peer_addr()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.gate.poll_open(cx));
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,6 +16,7 @@ use super::email::{Envelope, MailTransport, alarm_email, sieve_email};
 use super::journal::DeliveryJournal;
 use super::render::Templates;
 use super::sms::{SmsTransport, squeeze};
+use super::smtp::Commit;
 use super::{SendError, now_ms};
 use crate::backoff::{RetryPolicy, random_fraction};
 use crate::config::NotifyConfig;
@@ -51,6 +53,78 @@ impl TemplateReloader {
     }
 }
 
+/// Where a worker records that a message's final `.` is about to go out.
+enum Journal {
+    /// A lone node: a file in its data dir, applied at its next start.
+    File(Arc<DeliveryJournal>),
+    /// Nodes sharing PostgreSQL: the job's row, which the worker taking it over reads. The
+    /// file is kept for what an older run on this data dir left in it.
+    Database(Store, Arc<DeliveryJournal>),
+}
+
+/// How long the database may take to give a connection for, or to record, a delivery.
+const JOURNAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Journal {
+    /// Gets ready to record that `attempt` of `job` is about to be committed at the relay; the
+    /// relay's connection runs the record right before the final `.`. Never fails the send: a
+    /// record that cannot be made is logged, and a crash at that moment would send the message
+    /// again, as with no journal.
+    async fn commit(&self, job: i64, attempt: i64) -> Commit {
+        let store = match self {
+            Journal::File(file) => {
+                let file = file.clone();
+                return Commit {
+                    record: Box::pin(async move { file.record(job, attempt) }),
+                    sent: Arc::default(),
+                };
+            }
+            Journal::Database(store, _) => store,
+        };
+        let connection = match tokio::time::timeout(JOURNAL_TIMEOUT, store.journal_connection())
+            .await
+        {
+            Ok(Ok(Some(connection))) => connection,
+            Ok(Ok(None)) => return Commit::done(),
+            Ok(Err(err)) => {
+                tracing::error!(job, error = %err, "cannot journal the delivery; sending anyway");
+                return Commit::done();
+            }
+            Err(_) => {
+                tracing::error!(
+                    job,
+                    "no database connection to journal the delivery in 2 s; sending anyway"
+                );
+                return Commit::done();
+            }
+        };
+        let sent = Arc::new(AtomicBool::new(false));
+        let flag = sent.clone();
+        let record = async move {
+            match tokio::time::timeout(JOURNAL_TIMEOUT, connection.record(job, attempt, &flag))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::error!(job, error = %err, "the database did not journal the delivery")
+                }
+                Err(_) => tracing::error!(job, "the database did not journal the delivery in 2 s"),
+            }
+        };
+        Commit {
+            record: Box::pin(record),
+            sent,
+        }
+    }
+
+    /// The file journal.
+    fn file(&self) -> &DeliveryJournal {
+        match self {
+            Journal::File(file) | Journal::Database(_, file) => file,
+        }
+    }
+}
+
 /// What a send came to, to record in the jobs table.
 enum Outcome {
     Done,
@@ -65,7 +139,7 @@ pub struct Workers {
     templates: Arc<std::sync::RwLock<Arc<Templates>>>,
     mail: MailTransport,
     /// Where a send records that its final `.` goes out (the outbox never writes to it).
-    journal: DeliveryJournal,
+    journal: Journal,
     sms: SmsTransport,
     from: String,
     /// The domain of generated Message-IDs.
@@ -94,12 +168,18 @@ impl Workers {
             config.workers,
         )?;
         let journal_path = data_dir.join(JOURNAL_FILE);
-        let journal = DeliveryJournal::open(&journal_path).with_context(|| {
+        let file = DeliveryJournal::open(&journal_path).with_context(|| {
             format!(
                 "cannot open the delivery journal {}",
                 journal_path.display()
             )
         })?;
+        let journal = match store {
+            // Nodes sharing the database journal there: whichever takes a dead node's job
+            // over sees what it delivered.
+            Store::Postgres(_) => Journal::Database(store.clone(), Arc::new(file)),
+            Store::Sqlite(_) => Journal::File(Arc::new(file)),
+        };
         let sms = SmsTransport::from_config(&config.sms, data_dir.join("sms.log"))?;
         if config.smtp.url.is_none() {
             tracing::info!(outbox = %data_dir.join("outbox").display(), "notify.smtp.url is not set: emails go to the outbox folder");
@@ -138,9 +218,10 @@ impl Workers {
     /// Marks done the jobs a crash left running after their email reached the relay (see
     /// [`super::journal`]), then empties the journal. Runs before any worker claims a job.
     pub async fn recover(&self) -> anyhow::Result<()> {
-        let path = self.journal.path();
-        let entries = self
-            .journal
+        // A node that moved from SQLite to PostgreSQL may still hold a file of the old runs.
+        let journal = self.journal.file();
+        let path = journal.path();
+        let entries = journal
             .entries()
             .with_context(|| format!("cannot read {}", path.display()))?;
         if entries.is_empty() {
@@ -157,7 +238,7 @@ impl Workers {
                 "jobs whose email reached the relay before a crash are marked done"
             );
         }
-        self.journal
+        journal
             .clear()
             .with_context(|| format!("cannot clear {}", path.display()))?;
         Ok(())
@@ -181,6 +262,10 @@ impl Workers {
                 Ok(Some(Claim::NoCredit(job))) => {
                     self.metrics.job_outcome("no_credit");
                     tracing::info!(job = job.id, user = %job.user_id, "SMS not sent: no credit left");
+                }
+                Ok(Some(Claim::Delivered(job))) => {
+                    self.metrics.job_outcome("sent");
+                    tracing::info!(job = job.id, user = %job.user_id, "job's email reached the relay before its worker died; marked done");
                 }
                 Ok(None) => {
                     let wait = self.until_next_due().await;
@@ -300,7 +385,7 @@ impl Workers {
                 let message =
                     alarm_email(&envelope, &recipient, &user.language, &alarm, &templates)?;
                 self.mail
-                    .send(message, || self.journal.record(job.id, job.attempts))
+                    .send(message, self.journal.commit(job.id, job.attempts).await)
                     .await
             }
             Work::SieveEmail {
@@ -310,7 +395,7 @@ impl Workers {
             } => {
                 let message = sieve_email(&envelope, &job.user_id, &uri, &message, &importance)?;
                 self.mail
-                    .send(message, || self.journal.record(job.id, job.attempts))
+                    .send(message, self.journal.commit(job.id, job.attempts).await)
                     .await
             }
             Work::Sms { number, text } => {

@@ -54,6 +54,9 @@ pub enum Claim {
     Job(Job),
     /// An SMS job whose user has no credit left: it is dead, with that reason.
     NoCredit(Job),
+    /// A job whose worker died after its message reached the relay (its lease ran out in the
+    /// attempt the journal names): it is done, not sent again.
+    Delivered(Job),
 }
 
 #[derive(sqlx::FromRow)]
@@ -72,12 +75,51 @@ struct JobRow {
     finished_at: Option<i64>,
 }
 
+/// A database connection held to journal one delivery ([`Store::journal_connection`]).
+pub struct JournalConnection(sqlx::pool::PoolConnection<sqlx::Postgres>);
+
+impl JournalConnection {
+    /// Records in the delivery journal that `attempt` of job `id` is about to be committed at
+    /// the relay: if its worker dies now, the claim that takes the job over marks it done
+    /// instead of sending it again.
+    ///
+    /// One simple-protocol query on a connection with nothing outstanding: its first poll
+    /// writes the whole request to the socket before it waits for the answer, and the server
+    /// runs a query it has received even if the client dies. `sent` is set just before that
+    /// first poll of the query.
+    pub async fn record(
+        mut self,
+        id: i64,
+        attempt: i64,
+        sent: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), sqlx::Error> {
+        // Two integers: nothing in the text comes from outside.
+        let sql = format!(
+            "UPDATE jobs SET sent_attempt = {attempt} WHERE id = {id} AND attempts = {attempt} AND state = 'running'"
+        );
+        let query = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *self.0);
+        sent.store(true, std::sync::atomic::Ordering::Release);
+        query.await.map(drop)
+    }
+}
+
+/// A claimed row, with the attempt the delivery journal names.
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    job: JobRow,
+    sent_attempt: Option<i64>,
+}
+
 const COLUMNS: &str = "id, user_id, kind, payload, state, attempts, run_at, last_error, idempotency_key, \
                        sms_charged, created_at, finished_at";
 
 /// The note on a job finished from the delivery journal at start-up.
 pub const DELIVERED_BEFORE_CRASH: &str =
     "handed to the relay before a crash; marked done at start-up from the delivery journal";
+
+/// The note on a job another worker found delivered when its lease ran out.
+pub const DELIVERED_BEFORE_TAKEOVER: &str = "handed to the relay before its worker died; marked done when the lease ran out, from the delivery journal";
 
 impl JobState {
     /// The name used in the database and the CLI.
@@ -166,19 +208,31 @@ impl Store {
              WHERE id = (SELECT id FROM jobs \
                          WHERE (state = 'queued' AND run_at <= $2) OR (state = 'running' AND lease_until <= $2) \
                          ORDER BY run_at, id LIMIT 1{pick}) \
-             RETURNING {COLUMNS}"
+             RETURNING {COLUMNS}, sent_attempt"
         );
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(claim))
+            let row: Option<ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(claim))
                 .bind(now_ms + lease_ms)
                 .bind(now_ms)
                 .fetch_optional(&mut *tx)
                 .await?;
-            let Some(row) = row else {
+            let Some(ClaimedRow { job: row, sent_attempt }) = row else {
                 tx.commit().await?;
                 return Ok(None);
             };
+            // The journal names the attempt whose lease just ran out: it reached the relay.
+            if sent_attempt == Some(row.attempts - 1) {
+                sqlx::query("UPDATE jobs SET state = 'done', finished_at = $2, lease_until = NULL, last_error = $3 WHERE id = $1")
+                    .bind(row.id)
+                    .bind(now_ms)
+                    .bind(DELIVERED_BEFORE_TAKEOVER)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                let job = Job::try_from(row)?;
+                return Ok(Some(Claim::Delivered(Job { state: JobState::Done, finished_at: Some(now_ms), last_error: Some(DELIVERED_BEFORE_TAKEOVER.into()), ..job })));
+            }
             let needs_credit = row.kind == SMS_KIND && row.sms_charged == 0;
             let job = Job::try_from(row)?;
             if !needs_credit {
@@ -204,6 +258,16 @@ impl Store {
             tx.commit().await?;
             Ok(Some(Claim::NoCredit(Job { state: JobState::Dead, last_error: Some("no SMS credit".into()), finished_at: Some(now_ms), ..job })))
         })
+    }
+
+    /// A connection of its own for journaling one delivery, on PostgreSQL (None on SQLite,
+    /// where a lone node journals to a file). Taken before the message goes out, so that the
+    /// record's request leaves at once when the `.` is due.
+    pub async fn journal_connection(&self) -> Result<Option<JournalConnection>, sqlx::Error> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(pool) => Ok(Some(JournalConnection(pool.acquire().await?))),
+        }
     }
 
     /// Marks a job sent.
@@ -254,7 +318,7 @@ impl Store {
         error: &str,
     ) -> Result<(), sqlx::Error> {
         on_pool!(self, pool => sqlx::query(
-            "UPDATE jobs SET state = 'queued', run_at = $2, lease_until = NULL, last_error = $3 WHERE id = $1"
+            "UPDATE jobs SET state = 'queued', run_at = $2, lease_until = NULL, last_error = $3, sent_attempt = NULL WHERE id = $1"
         )
         .bind(id)
         .bind(run_at_ms)
@@ -303,8 +367,8 @@ impl Store {
     /// Sends a dead job round again (`mailpush jobs retry`): queued now, attempts reset.
     pub async fn requeue_job(&self, id: i64, now_ms: i64) -> Result<bool, sqlx::Error> {
         let updated = on_pool!(self, pool => sqlx::query(
-            "UPDATE jobs SET state = 'queued', attempts = 0, run_at = $2, lease_until = NULL, finished_at = NULL \
-             WHERE id = $1 AND state = 'dead'"
+            "UPDATE jobs SET state = 'queued', attempts = 0, run_at = $2, lease_until = NULL, finished_at = NULL, \
+             sent_attempt = NULL WHERE id = $1 AND state = 'dead'"
         )
         .bind(id)
         .bind(now_ms)

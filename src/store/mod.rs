@@ -19,7 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 
 pub use devices::{Device, DeviceError, Environment, NewDevice, Platform, Upserted};
-pub use jobs::{Claim, Job, JobState, NewJob};
+pub use jobs::{Claim, Job, JobState, JournalConnection, NewJob};
 pub use states::StoredState;
 pub use users::{User, UserUpdate};
 

@@ -88,7 +88,6 @@ const KEEPALIVE: &[u8] = b":\n";
 /// It lives as long as its connection, so it holds no buffer and no timer of its own (but for
 /// a JMAP `ping=N`, whose timer is boxed so that other streams do not carry its room).
 pub struct Feed {
-    user: String,
     subscription: Subscription,
     seen: UserState,
     options: FeedOptions,
@@ -101,16 +100,10 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// A feed of `user`'s state; `seen` is what the client's `Last-Event-ID` says it has (None:
-    /// nothing).
-    pub fn new(
-        user: String,
-        subscription: Subscription,
-        seen: Option<UserState>,
-        options: FeedOptions,
-    ) -> Feed {
+    /// A feed of the subscription's user's state; `seen` is what the client's `Last-Event-ID`
+    /// says it has (None: nothing).
+    pub fn new(subscription: Subscription, seen: Option<UserState>, options: FeedOptions) -> Feed {
         Feed {
-            user,
             subscription,
             seen: seen.unwrap_or_default(),
             ping: options
@@ -222,8 +215,14 @@ impl Feed {
             } => {
                 let mut out = String::new();
                 let compact = self.options.jmap_ids.compact(&now);
-                let wrote =
-                    jmap::encode_state(&self.user, &self.seen, &now, filter, compact, &mut out);
+                let wrote = jmap::encode_state(
+                    &self.subscription.user,
+                    &self.seen,
+                    &now,
+                    filter,
+                    compact,
+                    &mut out,
+                );
                 self.finished = wrote && *close_after_state;
                 wrote.then(|| Bytes::from(out))
             }
@@ -292,7 +291,6 @@ mod tests {
         let hub = StateHub::new(10, 10);
         hub.apply("alice", &mail(4));
         let stream = Feed::new(
-            "alice".into(),
             hub.subscribe("alice").unwrap(),
             None,
             options(Format::Legacy),
@@ -333,7 +331,6 @@ mod tests {
         let hub = StateHub::new(10, 10);
         let mut stream = Box::pin(
             Feed::new(
-                "alice".into(),
                 hub.subscribe("alice").unwrap(),
                 None,
                 options(Format::Legacy),
@@ -374,7 +371,6 @@ mod tests {
         hub.apply("alice", &mail(4));
         let seen = UserState::from_event_id("m4c0a0");
         let stream = Feed::new(
-            "alice".into(),
             hub.subscribe("alice").unwrap(),
             seen,
             options(Format::Legacy),
@@ -384,7 +380,6 @@ mod tests {
         assert_eq!(next(&mut stream).await, "retry: 5000\n");
         let seen = UserState::from_event_id("m3c0a0");
         let stream = Feed::new(
-            "alice".into(),
             hub.subscribe("alice").unwrap(),
             seen,
             options(Format::Legacy),
@@ -405,13 +400,8 @@ mod tests {
             close_after_state: true,
             ping: Some(Duration::from_secs(30)),
         };
-        let stream = Feed::new(
-            "alice".into(),
-            hub.subscribe("alice").unwrap(),
-            None,
-            options(format),
-        )
-        .into_stream();
+        let stream =
+            Feed::new(hub.subscribe("alice").unwrap(), None, options(format)).into_stream();
         let mut stream = Box::pin(stream);
         assert_eq!(next(&mut stream).await, "retry: 5000\n");
         let before = Instant::now();

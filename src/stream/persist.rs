@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::state::{StateHub, UserState};
@@ -40,15 +41,29 @@ pub trait StateRecord: Send + Sync {
     fn save<'a>(&'a self, states: &'a [(String, UserState)]) -> RecordFuture<'a, ()>;
 }
 
+/// Where a node learns which users it serves. In a cluster, other nodes change the states of
+/// this node's users: the node listens for those changes while a user has a stream here.
+pub trait Interest: Send + Sync {
+    /// Makes sure this node hears of `user`'s changes made elsewhere; true when it has just
+    /// started to, so memory may be behind the record and the record must be read again.
+    fn watch<'a>(&'a self, user: &'a str) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+}
+
 /// The hub and its record, for the handlers that open streams and the writer task.
 pub struct Persistence {
     hub: Arc<StateHub>,
     record: Arc<dyn StateRecord>,
+    interest: Option<Arc<dyn Interest>>,
+    /// How long a stream's opening waits for the record before it goes on with what is in
+    /// memory.
+    load_timeout: Duration,
+    /// Wakes the writer from its pause after a failure (the record is back).
+    retry: Notify,
     metrics: Arc<Metrics>,
 }
 
-/// How long a stream's opening waits for the record before it goes on with what is in memory.
-const LOAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// The writer's pause after a failed write, at least.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 impl Persistence {
     /// Connects the hub to its record.
@@ -60,18 +75,43 @@ impl Persistence {
         Persistence {
             hub,
             record,
+            interest: None,
+            load_timeout: Duration::from_secs(2),
+            retry: Notify::new(),
             metrics,
         }
     }
 
-    /// Makes sure the hub holds `user`'s stored state before a stream of theirs opens. A record
-    /// that does not answer is logged and skipped: the stream opens on what memory knows, and
-    /// the next opening tries again.
-    pub async fn ensure_loaded(&self, user: &str) {
-        if self.hub.is_loaded(user) {
-            return;
+    /// Reads through `interest` which users other nodes may change, and waits `load_timeout`
+    /// at most for the record (the cluster's request timeout).
+    pub fn with_interest(
+        mut self,
+        interest: Arc<dyn Interest>,
+        load_timeout: Duration,
+    ) -> Persistence {
+        self.interest = Some(interest);
+        self.load_timeout = load_timeout;
+        self
+    }
+
+    /// Gets `user`'s state ready for a stream that has just subscribed: listens for changes
+    /// made elsewhere (in a cluster), then merges the record's state if memory may be behind
+    /// it. Subscribing first and reading second means no change falls between the two. A
+    /// record that does not answer is logged and skipped: the stream opens on what memory
+    /// knows, and the next opening tries again.
+    pub async fn prepare(&self, user: &str) {
+        let fresh = match &self.interest {
+            Some(interest) => interest.watch(user).await,
+            None => false,
+        };
+        if fresh || !self.hub.is_loaded(user) {
+            self.load(user).await;
         }
-        match tokio::time::timeout(LOAD_TIMEOUT, self.record.load(user)).await {
+    }
+
+    /// Reads `user`'s state from the record and merges it into memory, whatever memory holds.
+    pub async fn load(&self, user: &str) {
+        match tokio::time::timeout(self.load_timeout, self.record.load(user)).await {
             Ok(Ok(stored)) => self.hub.merge_loaded(user, stored.as_ref()),
             Ok(Err(err)) => {
                 self.metrics.state_record_failed("load");
@@ -79,7 +119,7 @@ impl Persistence {
             }
             Err(_) => {
                 self.metrics.state_record_failed("load");
-                tracing::warn!(user = %user, "the state record did not answer in 2 s");
+                tracing::warn!(user = %user, timeout = ?self.load_timeout, "the state record did not answer");
             }
         }
     }
@@ -104,17 +144,36 @@ impl Persistence {
         }
     }
 
-    /// Flushes once every `period` until shutdown. The last flush is the caller's, once
-    /// nothing can change a state any more.
-    pub async fn run(self: Arc<Self>, period: Duration, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Cuts short the pause after a failed write: the record is back.
+    pub fn retry_now(&self) {
+        self.retry.notify_one();
+    }
+
+    /// Writes states as they become unsaved, at most once every `spacing` (the database takes
+    /// a second's changes in one batch; a cluster's record writes at once, since its writes
+    /// are what other nodes hear), and after a failure waits a second or a [`retry_now`]
+    /// before trying again. The last flush is the caller's, once nothing can change a state.
+    ///
+    /// [`retry_now`]: Persistence::retry_now
+    pub async fn run(self: Arc<Self>, spacing: Duration, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
+                () = self.hub.dirtied() => {}
             }
-            self.flush().await;
+            let pause = if self.flush().await {
+                spacing
+            } else {
+                spacing.max(RETRY_PAUSE)
+            };
+            if pause.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+                () = self.retry.notified() => {}
+            }
         }
     }
 }
@@ -206,11 +265,11 @@ mod tests {
         let persistence = Persistence::new(hub.clone(), record.clone(), Default::default());
         hub.apply("alice", &change(8, 0));
         assert!(!hub.is_loaded("alice"));
-        persistence.ensure_loaded("alice").await;
+        persistence.prepare("alice").await;
         let state = hub.current("alice");
         assert_eq!((state.mail, state.calendar), (8, 71));
         assert!(hub.is_loaded("alice"));
-        persistence.ensure_loaded("carol").await;
+        persistence.prepare("carol").await;
         assert_eq!(hub.current("carol"), UserState::default());
     }
 
@@ -237,7 +296,7 @@ mod tests {
         assert_eq!(hub.users(), 0);
         // Alice's next change comes with her mail modseq only; her stream still sees 71.
         hub.apply("alice", &change(7, 0));
-        persistence.ensure_loaded("alice").await;
+        persistence.prepare("alice").await;
         assert_eq!(hub.current("alice").calendar, 71);
     }
 

@@ -10,9 +10,10 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
+use tokio::sync::Notify;
 
 use super::latest;
 use super::signals::{Signals, SignalsSeen};
@@ -80,20 +81,34 @@ pub struct StateHub {
     users: Mutex<Users>,
     /// Set by [`StateHub::close_streams`]; channels made afterwards start closed.
     closing: AtomicBool,
-    connections: Arc<AtomicUsize>,
+    /// Open connections, and who hears when one closes.
+    slots: Arc<Slots>,
+    /// Woken when a user's state becomes unsaved, so the record's writer need not poll.
+    dirtied: Notify,
     max_connections: usize,
     max_connections_per_user: usize,
 }
 
+/// Told the user's name each time one of their streams closes: the cluster stops listening
+/// for a user once their last stream is gone.
+pub type StreamClosed = Box<dyn Fn(&str) + Send + Sync>;
+
 /// A live connection's view of its user's channel; dropping it frees the connection's slot.
 pub struct Subscription {
+    /// The user whose channel this is.
+    pub user: String,
     pub receiver: latest::Receiver<Live>,
     /// How far the connection got through its user's signals.
     pub signals_seen: SignalsSeen,
-    _slot: ConnectionSlot,
+    slots: Arc<Slots>,
 }
 
-struct ConnectionSlot(Arc<AtomicUsize>);
+/// The connection count, and the hook that hears about closed streams.
+#[derive(Default)]
+struct Slots {
+    open: AtomicUsize,
+    closed: OnceLock<StreamClosed>,
+}
 
 impl UserState {
     /// Raises each value to the change's value when that is higher; returns whether anything
@@ -187,7 +202,8 @@ impl StateHub {
         StateHub {
             users: Mutex::new(Users::default()),
             closing: AtomicBool::new(false),
-            connections: Arc::new(AtomicUsize::new(0)),
+            slots: Arc::new(Slots::default()),
+            dirtied: Notify::new(),
             max_connections,
             max_connections_per_user,
         }
@@ -220,8 +236,69 @@ impl StateHub {
         };
         if newly_dirty {
             users.mark_dirty(user);
+            self.dirtied.notify_one();
         }
         moved
+    }
+
+    /// Waits until a user's state becomes unsaved (at once if one did since the last wait).
+    pub async fn dirtied(&self) {
+        self.dirtied.notified().await;
+    }
+
+    /// Raises a user's state to one another node published, waking their streams; returns
+    /// whether it moved. It is in the record already, so the user does not become unsaved, and
+    /// a user this node no longer holds is left alone (their next stream reads the record).
+    pub fn merge_remote(&self, user: &str, state: &UserState) -> bool {
+        let users = self.cells();
+        let Some(cell) = users.get(user) else {
+            return false;
+        };
+        cell.send_if_modified(|live| {
+            let moved = live.published.state.raise_to(state);
+            if moved {
+                live.published.frame = super::legacy::frame(&live.published.state);
+                live.published.changed_at = Some(std::time::Instant::now());
+            }
+            moved
+        })
+    }
+
+    /// Forgets that the record's state of `user` was read: memory may fall behind the record
+    /// from now on (the cluster stopped listening for the user), so their next stream reads
+    /// it again.
+    pub fn unload(&self, user: &str) {
+        let users = self.cells();
+        if let Some(cell) = users.get(user) {
+            cell.send_if_modified(|live| {
+                live.marks.loaded = false;
+                false
+            });
+        }
+    }
+
+    /// The streams open now for `user`.
+    pub fn streams_of(&self, user: &str) -> usize {
+        self.cells()
+            .get(user)
+            .map_or(0, |cell| cell.receiver_count())
+    }
+
+    /// Every user with at least one open stream.
+    pub fn users_with_streams(&self) -> Vec<String> {
+        let users = self.cells();
+        (0..SLICES)
+            .flat_map(|slice| users.slice(slice).iter())
+            .filter(|(_, cell)| cell.receiver_count() > 0)
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
+    /// Sets who hears each time a stream closes (once, at start-up).
+    pub fn on_stream_closed(&self, hook: StreamClosed) {
+        if self.slots.closed.set(hook).is_err() {
+            tracing::warn!("a stream-closed hook was set twice; keeping the first");
+        }
     }
 
     /// Whether the record's state of `user` is in memory already.
@@ -281,6 +358,7 @@ impl StateHub {
             });
             if newly_dirty {
                 users.mark_dirty(user);
+                self.dirtied.notify_one();
             }
         }
     }
@@ -309,10 +387,13 @@ impl StateHub {
         });
         let receiver = cell.subscribe();
         let signals_seen = receiver.borrow().signals.seen_now();
+        // The slot is the subscription's from here on: its drop gives the slot back.
+        std::mem::forget(slot);
         Ok(Subscription {
+            user: user.to_owned(),
             receiver,
             signals_seen,
-            _slot: slot,
+            slots: self.slots.clone(),
         })
     }
 
@@ -403,25 +484,38 @@ impl StateHub {
 
     /// EventSource connections open now.
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
+        self.slots.open.load(Ordering::Relaxed)
     }
 
-    fn take_slot(&self) -> Result<ConnectionSlot, SubscribeError> {
+    fn take_slot(&self) -> Result<SlotTaken<'_>, SubscribeError> {
         let taken = self
-            .connections
+            .slots
+            .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
                 (open < self.max_connections).then_some(open + 1)
             });
         match taken {
-            Ok(_) => Ok(ConnectionSlot(self.connections.clone())),
+            Ok(_) => Ok(SlotTaken(&self.slots)),
             Err(_) => Err(SubscribeError::ServerLimit),
         }
     }
 }
 
-impl Drop for ConnectionSlot {
+/// A slot taken for a subscription still being made: given back if the making fails.
+struct SlotTaken<'a>(&'a Slots);
+
+impl Drop for SlotTaken<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.slots.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(closed) = self.slots.closed.get() {
+            closed(&self.user);
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod mock;
+pub mod nats;
 pub mod postgres;
 pub mod raw;
 pub mod server;
@@ -324,6 +326,12 @@ pub fn mail_event_datagram(user: &str, modseq: u64) -> Vec<u8> {
         b"\0",
     ]
     .concat()
+}
+
+/// A Sieve `mailto:` notify datagram for delivery `n`, to its own recipient `r<n>@example.test`.
+pub fn sieve_mailto(n: u32) -> Vec<u8> {
+    format!("mailto\0SIEVE\0normal\0alice\0\x001\0r{n}@example.test\0Mail number {n}\n\nAction(s) taken:\nKept\n\0/var/spool/cyrus/stage./{n}\0")
+        .into_bytes()
 }
 
 /// An NDJSON connection that has authenticated (`AUTH <INGEST_SECRET>`, answered `OK`).

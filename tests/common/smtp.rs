@@ -106,8 +106,21 @@ impl SmtpSink {
         SmtpSink::start_on(TcpListener::bind("127.0.0.1:0").expect("bind SMTP sink"))
     }
 
+    /// Starts on an ephemeral port with `threads` connections served at once (pooled
+    /// connections hold a thread each while they stay open).
+    pub fn start_with_threads(threads: u32) -> SmtpSink {
+        SmtpSink::serve(
+            TcpListener::bind("127.0.0.1:0").expect("bind SMTP sink"),
+            threads,
+        )
+    }
+
     /// Starts on a listener the test bound (to start the server later on a known port).
     pub fn start_on(listener: TcpListener) -> SmtpSink {
+        SmtpSink::serve(listener, 4)
+    }
+
+    fn serve(listener: TcpListener, threads: u32) -> SmtpSink {
         let addr = listener.local_addr().expect("sink addr");
         let mails = Arc::new(Mutex::new(Vec::new()));
         let holds = Arc::new(Holds::default());
@@ -118,7 +131,7 @@ impl SmtpSink {
         });
         server
             .with_name("sink.example.test")
-            .with_num_threads(4)
+            .with_num_threads(threads)
             .with_tcp_listener(listener);
         std::thread::spawn(move || {
             let _ = server.serve();
@@ -144,6 +157,33 @@ impl SmtpSink {
 
     pub fn mails(&self) -> Vec<Mail> {
         self.mails.lock().unwrap().clone()
+    }
+
+    /// Message-ID → how many times it was received.
+    pub fn by_message_id(&self) -> std::collections::HashMap<String, usize> {
+        self.count_by(|mail| mail.message_id().unwrap_or_default().to_owned())
+    }
+
+    /// First recipient → how many emails it received.
+    pub fn by_recipient(&self) -> std::collections::HashMap<String, usize> {
+        self.count_by(|mail| {
+            mail.to()
+                .and_then(|to| to.first())
+                .and_then(|address| address.address())
+                .unwrap_or_default()
+                .to_owned()
+        })
+    }
+
+    fn count_by(
+        &self,
+        key: impl Fn(&mail_parser::Message<'_>) -> String,
+    ) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for mail in self.mails() {
+            *counts.entry(key(&mail.parsed())).or_insert(0) += 1;
+        }
+        counts
     }
 }
 

@@ -95,6 +95,28 @@ impl Sse {
         state_of(&event.data)
     }
 
+    /// Reads states until `expect` arrives; the ones before it (a stream may see a state
+    /// between two changes that landed close together) must be on the way to it, never past
+    /// it or backwards. Returns how many came before.
+    pub async fn state_reaching(&mut self, expect: (u64, u64, u64)) -> usize {
+        let mut last = (0, 0, 0);
+        let mut before = 0;
+        loop {
+            let state = self.next_state().await;
+            if state == expect {
+                return before;
+            }
+            let below =
+                |a: (u64, u64, u64), b: (u64, u64, u64)| a.0 <= b.0 && a.1 <= b.1 && a.2 <= b.2;
+            assert!(
+                below(state, expect) && below(last, state),
+                "got {state:?} after {last:?} on the way to {expect:?}"
+            );
+            last = state;
+            before += 1;
+        }
+    }
+
     /// Waits for the stream to end (the server closed it).
     pub async fn expect_end(&mut self) {
         if let Some(event) = self.next_event().await {
