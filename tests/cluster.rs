@@ -87,8 +87,30 @@ async fn an_event_at_a_reaches_streams_on_b_and_c_in_both_formats() {
     a.send_datagram(&mail_event_datagram("bob", 3));
     a.send_datagram(&mail_event_datagram("alice", 8));
     assert_eq!(bob_on_b.next_state().await, (3, 0, 0));
+    assert_eq!(on_a.next_state().await, (8, 0, 0));
     assert_eq!(on_b.next_state().await, (8, 0, 0));
     assert_eq!(next_email_state(&mut on_c, "alice").await, "8");
+
+    // A display alarm read at A reaches alice's streams on the other nodes too.
+    let alarm = r#"{"event":"CalendarAlarm","userId":"alice","uid":"e1","alarmTime":"20261207T085500Z","action":"display","alarmRecipients":[],"summary":"Standup","start":"20261207T090000Z"}"#;
+    let posted = reqwest::Client::new()
+        .post(a.url("/ingest"))
+        .bearer_auth(common::INGEST_SECRET)
+        .header("content-type", "application/json")
+        .body(alarm)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    for stream in [&mut on_a, &mut on_b] {
+        let reminder = stream.next_event().await.expect("a reminder");
+        assert_eq!(reminder.event, "reminder", "{reminder:?}");
+        let data: Value = serde_json::from_str(&reminder.data).unwrap();
+        assert_eq!(data["summary"], "Standup");
+    }
+    // Bob's stream gets his next state, and no reminder before it.
+    a.send_datagram(&mail_event_datagram("bob", 4));
+    assert_eq!(bob_on_b.next_state().await, (4, 0, 0), "not bob's reminder");
 
     // B and C listen for the users they serve, and only for them.
     assert_eq!(b.metric("mailpush_cluster_users_watched").await, 2.0);

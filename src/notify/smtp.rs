@@ -495,6 +495,63 @@ fn parse_url(text: &str) -> anyhow::Result<Target> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn the_gate_holds_the_commit_until_the_record_is_on_its_way() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (near, mut far) = tokio::io::duplex(1024);
+        let gate = Arc::new(Gate::default());
+        let mut socket = Gated {
+            inner: near,
+            gate: gate.clone(),
+        };
+        socket.write_all(b"body").await.unwrap();
+        // A record whose request leaves when `leave` fires and whose answer comes on `answer`.
+        let (leave, left) = tokio::sync::oneshot::channel::<()>();
+        let (answer, answered) = tokio::sync::oneshot::channel::<()>();
+        let sent = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let (flag, finished) = (sent.clone(), done.clone());
+        gate.arm(Commit {
+            record: Box::pin(async move {
+                let _ = left.await;
+                flag.store(true, Ordering::Release);
+                let _ = answered.await;
+                finished.store(true, Ordering::Release);
+            }),
+            sent,
+        });
+        let mut commit = Box::pin(socket.write_all(b"\r\n.\r\n"));
+        assert!(
+            poll_once(&mut commit).await.is_pending(),
+            "held while the record has not left"
+        );
+        assert!(poll_once(&mut commit).await.is_pending());
+        leave.send(()).unwrap();
+        assert!(
+            matches!(poll_once(&mut commit).await, Poll::Ready(Ok(()))),
+            "the `.` goes once the record is on its way, before its answer"
+        );
+        drop(commit);
+        let mut written = vec![0; 9];
+        far.read_exact(&mut written).await.unwrap();
+        assert_eq!(written, b"body\r\n.\r\n");
+        // What is left of the record is awaited after the relay's answer.
+        let rest = gate.take().expect("the record's answer is still to come");
+        assert!(!done.load(Ordering::Acquire));
+        answer.send(()).unwrap();
+        rest.record.await;
+        assert!(done.load(Ordering::Acquire));
+        // A record made at once (the file journal) never holds a write.
+        gate.arm(Commit::done());
+        socket.write_all(b"next").await.unwrap();
+        assert!(gate.take().is_none());
+    }
+
+    /// Polls `future` once.
+    async fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *future).poll(cx))).await
+    }
+
     #[test]
     fn urls_read_as_lettre_reads_them() {
         let plain = parse_url("smtp://127.0.0.1:2525").unwrap();
