@@ -8,7 +8,7 @@
 //! cargo build --release && cargo run --release --example cluster_bench -- [USERS] [RATE] [SECS] [EVENTS]
 //! ```
 //!
-//! Defaults: 100 users with one stream each, 1,000 events/s for 10 s, then 50,000 events as fast
+//! Defaults: 100 users with one stream each, 1,000 events/s for 10 s, then 500,000 events as fast
 //! as the generator writes them. NATS (`MAILPUSH_BENCH_NATS_URL`, default
 //! `nats://127.0.0.1:4222`, JetStream on) and PostgreSQL (`MAILPUSH_BENCH_PG_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/test`; the bench makes a schema of its own and drops it)
@@ -59,6 +59,11 @@ struct Figures {
     p99: Duration,
     samples: usize,
     max_rate: f64,
+    /// States the ingesting node wrote to the bucket a second in the full-speed phase (each
+    /// write carries every change to one user since that user's last write).
+    writes_per_sec: f64,
+    /// The serving node's resident memory with every stream open, after the paced phase.
+    serve_rss_kb: u64,
 }
 
 #[tokio::main]
@@ -67,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
     let users: usize = args.next().map_or(Ok(100), |n| n.parse())?;
     let rate: u64 = args.next().map_or(Ok(1_000), |n| n.parse())?;
     let secs: u64 = args.next().map_or(Ok(10), |n| n.parse())?;
-    let events: u64 = args.next().map_or(Ok(50_000), |n| n.parse())?;
+    let events: u64 = args.next().map_or(Ok(500_000), |n| n.parse())?;
     let nats =
         std::env::var("MAILPUSH_BENCH_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let pg = std::env::var("MAILPUSH_BENCH_PG_URL")
@@ -109,26 +114,31 @@ async fn main() -> anyhow::Result<()> {
     let crossed = crossed?;
 
     println!();
-    println!("| setup | p50 | p90 | p99 | samples | max events/s reaching every stream |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| setup | p50 | p90 | p99 | samples | max events/s reaching every stream | bucket writes/s | serving node RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for (name, figures) in [
         ("one node (events and streams on A)", &single),
         ("cluster (events at A, streams on B)", &crossed),
     ] {
         println!(
-            "| {name} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {:.0} |",
+            "| {name} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {:.0} | {:.0} | {} kB |",
             ms(figures.p50),
             ms(figures.p90),
             ms(figures.p99),
             figures.samples,
-            figures.max_rate
+            figures.max_rate,
+            figures.writes_per_sec,
+            figures.serve_rss_kb
         );
     }
     println!(
-        "cluster ÷ one node: p50 {:.2}×, p99 {:.2}×, max rate {:.2}×",
+        "cluster ÷ one node: p50 {:.2}×, p99 {:.2}×, max rate {:.2}×; memory per user listened for: {:.0} B",
         ms(crossed.p50) / ms(single.p50),
         ms(crossed.p99) / ms(single.p99),
-        crossed.max_rate / single.max_rate
+        crossed.max_rate / single.max_rate,
+        (crossed.serve_rss_kb as f64 - single.serve_rss_kb as f64) * 1024.0 / users as f64
     );
     Ok(())
 }
@@ -188,6 +198,7 @@ async fn run(
     }
     let modseq = rounds;
     wait_all_seen(&clock, modseq).await?;
+    let serve_rss_kb = rss_kb(serve.child.id())?;
     let mut latencies = std::mem::take(&mut *clock.latencies.lock().unwrap());
     latencies.sort_unstable();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
@@ -195,6 +206,7 @@ async fn run(
 
     // Full speed: the time from the first write until every stream shows its last event.
     clock.sent.lock().unwrap().clear();
+    let writes_before = bucket_writes(ingest).await?;
     let first = Instant::now();
     let rounds = events.div_ceil(users as u64);
     for round in 1..=rounds {
@@ -204,7 +216,9 @@ async fn run(
     }
     ndjson.flush().await?;
     wait_all_seen(&clock, modseq + rounds).await?;
-    let max_rate = (rounds * users as u64) as f64 / first.elapsed().as_secs_f64();
+    let elapsed = first.elapsed().as_secs_f64();
+    let max_rate = (rounds * users as u64) as f64 / elapsed;
+    let writes_per_sec = (bucket_writes(ingest).await? - writes_before) / elapsed;
     for reader in readers {
         reader.abort();
     }
@@ -214,7 +228,32 @@ async fn run(
         p99,
         samples,
         max_rate,
+        writes_per_sec,
+        serve_rss_kb,
     })
+}
+
+/// A process's resident memory, from /proc.
+fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+/// The states `node` has written to the bucket so far.
+async fn bucket_writes(node: &Node) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://{}/metrics", node.http))
+        .await?
+        .text()
+        .await?;
+    let series = "mailpush_cluster_state_writes_total{outcome=\"written\"} ";
+    Ok(text
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.parse().ok())
+        .unwrap_or(0.0))
 }
 
 /// Waits until every stream has shown `modseq`.
