@@ -237,6 +237,16 @@ impl Link {
             .await
             .context("cannot set up the NATS connection")?;
         tracing::info!(node = %node, servers = ?url, "cluster: connecting to NATS");
+        // Give the first connection the request timeout, so a node whose NATS is up joins
+        // before it serves; one whose NATS is away starts anyway.
+        let mut first = connects.clone();
+        let joined = tokio::time::timeout(timeout, first.wait_for(|count| *count > 0)).await;
+        if !matches!(joined, Ok(Ok(_))) {
+            tracing::warn!(
+                ?timeout,
+                "cluster: NATS did not answer; starting cut off, joining once it does"
+            );
+        }
         Ok(Link {
             client,
             names: Names::new(&config.prefix),

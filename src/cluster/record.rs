@@ -90,6 +90,11 @@ impl KvRecord {
 
     /// The bucket, made or its settings restored if this node has not done so yet.
     pub async fn bucket(&self) -> Result<kv::Store, RecordError> {
+        if !self.link.is_connected() {
+            // Fail at once rather than after the timeout: a stream's opening goes on with what
+            // memory knows, and unsaved states wait for the reconnection.
+            return Err(RecordError("cut off from NATS".into()));
+        }
         let mut bucket = self.bucket.lock().await;
         if let Some(store) = &*bucket {
             return Ok(store.clone());

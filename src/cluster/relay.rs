@@ -137,6 +137,10 @@ impl Relay {
     /// Subscribes to `user`'s subject unless this node already does; true when it has just
     /// done so.
     async fn watch_user(&self, user: &str) -> bool {
+        if !self.link.is_connected() {
+            // Cut off: the resync after reconnecting subscribes for every user with a stream.
+            return false;
+        }
         {
             let mut watched = self.lock_watched();
             if watched.contains_key(user) {
