@@ -17,10 +17,12 @@
 //! 127.0.0.1, and every loop is bounded by its event count or its deadline.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod common;
 
 use anyhow::Context;
 use eventsource_stream::Eventsource;
@@ -326,62 +328,20 @@ async fn ndjson(addr: std::net::SocketAddr) -> anyhow::Result<TcpStream> {
 
 fn start_node(dir: &Path, extra: &[(String, String)]) -> anyhow::Result<Node> {
     std::fs::create_dir_all(dir)?;
-    let binary = std::env::var_os("MAILPUSH_BIN")
-        .map_or_else(|| PathBuf::from("target/release/mailpush"), PathBuf::from);
-    let binary = std::env::current_dir()?.join(binary);
-    let mut child = Command::new(&binary)
-        .arg("serve")
-        .current_dir(dir)
-        .env_clear()
-        .env("RUST_LOG", "warn,mailpush::app=info")
-        .env("MAILPUSH_HTTP__LISTEN", "127.0.0.1:0")
-        .env("MAILPUSH_STORAGE__DATA_DIR", dir.join("data"))
-        .env("MAILPUSH_INGEST__CYRUS_SOCKET", dir.join("notify.sock"))
+    let mut child = common::serve(dir, "warn,mailpush::app=info")?
         .env("MAILPUSH_INGEST__NDJSON_LISTEN", "127.0.0.1:0")
         .env("MAILPUSH_INGEST__NDJSON_MAX_EVENTS_PER_SEC", "10000000")
         .env("MAILPUSH_INGEST__SECRET", INGEST_SECRET)
         .env("MAILPUSH_AUTH__SECRET", AUTH_SECRET)
         .envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
-    let (http, ndjson) = wait_for_listening(&mut child)?;
+        .context("cannot start mailpush")?;
+    let listening = common::wait_for_listening(&mut child, true)?;
     Ok(Node {
         child,
-        http,
-        ndjson,
+        http: listening.http,
+        ndjson: listening.ndjson.context("no NDJSON listener")?,
     })
-}
-
-/// Reads the log until the listening line; the rest of the log goes to this program's stderr.
-fn wait_for_listening(
-    child: &mut Child,
-) -> anyhow::Result<(std::net::SocketAddr, std::net::SocketAddr)> {
-    use std::io::BufRead;
-    let stderr = child.stderr.take().context("no stderr")?;
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    for line in lines.by_ref() {
-        let line = line?;
-        if line.contains("mailpush listening") {
-            let field = |prefix: &str| -> anyhow::Result<std::net::SocketAddr> {
-                let at = line.find(prefix).context("field")? + prefix.len();
-                let text = line[at..].split([' ', ')']).next().unwrap_or("");
-                text.parse()
-                    .with_context(|| format!("address after {prefix} in {line}"))
-            };
-            let addresses = (field("http=")?, field("ndjson=Some(")?);
-            std::thread::spawn(move || {
-                for line in lines.map_while(Result::ok) {
-                    eprintln!("mailpush: {line}");
-                }
-            });
-            return Ok(addresses);
-        }
-        eprintln!("mailpush: {line}");
-    }
-    anyhow::bail!("mailpush exited before listening")
 }
 
 impl Drop for Node {

@@ -11,11 +11,13 @@
 //! `MAILPUSH_BIN` names the binary (default `target/release/mailpush`). Everything runs on
 //! 127.0.0.1, and every loop stops at the deadline.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+mod common;
 
 use anyhow::Context;
 use axum::Router;
@@ -74,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
     let socket = dir.path().join("notify.sock");
     let mut child = start_mailpush(dir.path(), &socket, &apns_url, &smtp_url, &key_file)?;
     let pid = child.id();
-    let http = wait_for_http(&mut child)?;
+    let http = common::wait_for_listening(&mut child, true)?.http;
     println!("mailpush pid {pid} on {http}; {minutes} min at {rate} events/s");
 
     let keys = TokenKeys::load(
@@ -193,19 +195,9 @@ fn start_mailpush(
     smtp_url: &str,
     key_file: &Path,
 ) -> anyhow::Result<Child> {
-    let binary = std::env::var_os("MAILPUSH_BIN")
-        .map_or_else(|| PathBuf::from("target/release/mailpush"), PathBuf::from);
-    // The child runs in the temp dir: name the binary from here.
-    let binary = std::env::current_dir()?.join(binary);
     let apns = |key: &str| format!("MAILPUSH_PUSH__APNS__MAIL__{key}");
-    Command::new(&binary)
-        .arg("serve")
-        .current_dir(dir)
-        .env_clear()
-        .env("RUST_LOG", "warn,mailpush::app=info")
-        .env("MAILPUSH_HTTP__LISTEN", "127.0.0.1:0")
+    common::serve(dir, "warn,mailpush::app=info")?
         .env("MAILPUSH_HTTP__MAX_CONNECTIONS_PER_USER", "100")
-        .env("MAILPUSH_STORAGE__DATA_DIR", dir.join("data"))
         .env("MAILPUSH_INGEST__CYRUS_SOCKET", socket)
         .env("MAILPUSH_AUTH__SECRET", AUTH_SECRET)
         .env("MAILPUSH_NOTIFY__SMTP__URL", smtp_url)
@@ -215,34 +207,8 @@ fn start_mailpush(
         .env(apns("KEY_ID"), "KEYID12345")
         .env(apns("TEAM_ID"), "TEAMID6789")
         .env(apns("TOPIC"), TOPIC)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))
-}
-
-/// Reads the log until the listening line and returns the HTTP address; the rest of the log
-/// goes to this program's stderr.
-fn wait_for_http(child: &mut Child) -> anyhow::Result<std::net::SocketAddr> {
-    use std::io::BufRead;
-    let stderr = child.stderr.take().context("no stderr")?;
-    let mut lines = std::io::BufReader::new(stderr).lines();
-    for line in lines.by_ref() {
-        let line = line?;
-        if let Some(at) = line.find("http=") {
-            let addr = line[at + 5..].split(' ').next().unwrap_or("");
-            let addr = addr.parse().with_context(|| format!("address in {line}"))?;
-            std::thread::spawn(move || {
-                for line in lines.map_while(Result::ok) {
-                    eprintln!("mailpush: {line}");
-                }
-            });
-            return Ok(addr);
-        }
-        eprintln!("mailpush: {line}");
-    }
-    anyhow::bail!("mailpush exited before listening")
+        .context("cannot start mailpush")
 }
 
 async fn register_devices(http: std::net::SocketAddr, tokens: &[String]) -> anyhow::Result<()> {

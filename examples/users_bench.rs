@@ -10,9 +10,10 @@
 //!
 //! Default 1,000,000 users. `MAILPUSH_BIN` names the binary (default `target/release/mailpush`).
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod common;
 
 use anyhow::Context;
 
@@ -64,37 +65,12 @@ async fn main() -> anyhow::Result<()> {
         .map_or(Ok(1_000_000), |n| n.parse())?;
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("notify.sock");
-    let binary = std::env::var_os("MAILPUSH_BIN")
-        .map_or_else(|| PathBuf::from("target/release/mailpush"), PathBuf::from);
-    let binary = std::env::current_dir()?.join(binary);
-    let mut child = Command::new(&binary)
-        .arg("serve")
-        .current_dir(dir.path())
-        .env_clear()
-        .env("RUST_LOG", "warn,mailpush::app=info")
-        .env("MAILPUSH_HTTP__LISTEN", "127.0.0.1:0")
+    let mut child = common::serve(dir.path(), "warn,mailpush::app=info")?
         .env("MAILPUSH_HTTP__IDLE_USER_SECS", "5")
-        .env("MAILPUSH_STORAGE__DATA_DIR", dir.path().join("data"))
-        .env("MAILPUSH_INGEST__CYRUS_SOCKET", &socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
+        .context("cannot start mailpush")?;
     let pid = child.id();
-    let http = {
-        use std::io::BufRead;
-        let stderr = child.stderr.take().context("stderr")?;
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        let addr = loop {
-            let line = lines.next().context("mailpush exited")??;
-            if let Some(at) = line.find("http=") {
-                break line[at + 5..].split(' ').next().unwrap_or("").to_owned();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        addr
-    };
+    let http = common::wait_for_listening(&mut child, false)?.http;
     let metrics_url = format!("http://{http}/metrics");
     let metrics = || async { reqwest::get(&metrics_url).await?.text().await };
     let at_start = rss_kb(pid);

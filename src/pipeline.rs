@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use crate::cluster::Reminders;
 use crate::event::{Event, ParseError};
-use crate::metrics::{Metrics, Source};
+use crate::ingest::Source;
+use crate::metrics::Metrics;
 use crate::notify::JobHandle;
 use crate::notify::spool::Ticket;
 use crate::push::PushHandle;

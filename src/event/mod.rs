@@ -64,6 +64,31 @@ pub struct Event {
     pub notification: Option<Box<Notification>>,
 }
 
+impl Event {
+    /// An event of `kind` for `owner` (who is also taken as the actor) with nothing else known
+    /// yet: parsers fill in what their input says.
+    pub fn bare(class: Class, name: String, kind: Kind, owner: Option<String>) -> Event {
+        Event {
+            class,
+            name,
+            kind,
+            actor: owner.clone(),
+            owner,
+            mailbox: None,
+            mailbox_type: None,
+            slot: None,
+            modseq: None,
+            unseen: None,
+            messages: None,
+            counters: None,
+            envelope: None,
+            id_scheme: IdScheme::Unknown,
+            raw: None,
+            notification: None,
+        }
+    }
+}
+
 /// Cyrus's two schemes of JMAP ids. An account with compact ids (`ctl_conversationsdb -I on`,
 /// the session's `hasCompactIds`) has Email ids `S` + 11 characters and Thread ids `A` + 11,
 /// and its Email, Mailbox, Thread, Calendar and CalendarEvent states carry a `J` prefix; a

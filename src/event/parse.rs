@@ -27,6 +27,8 @@ pub enum ParseError {
     Json(String),
     #[error("event has no \"event\" name")]
     MissingName,
+    #[error("no {0} given")]
+    MissingField(&'static str),
     #[error("bad uri: {0}")]
     Uri(#[from] imapurl::UrlError),
     #[error(
@@ -47,6 +49,7 @@ impl ParseError {
             ParseError::BadDlist(_) => "bad_dlist",
             ParseError::Json(_) => "invalid_json",
             ParseError::MissingName => "missing_event_name",
+            ParseError::MissingField(_) => "missing_field",
             ParseError::Uri(_) => "bad_uri",
             ParseError::OutOfRange { .. } => "number_out_of_range",
             ParseError::TooLarge { .. } => "too_large",
@@ -82,13 +85,13 @@ pub fn from_notification(mut notification: Notification) -> Result<Event, ParseE
                 .skip()
                 .and_then(|()| reader.end())
                 .map_err(|err| ParseError::Json(err.to_string()))?;
-            let mut event = bare_event(Class::Imip, "IMIP".into(), Kind::Imip, packet_user);
+            let mut event = Event::bare(Class::Imip, "IMIP".into(), Kind::Imip, packet_user);
             event.raw = Some(json.into_boxed_str());
             event
         }
-        Class::Sieve => bare_event(Class::Sieve, "SIEVE".into(), Kind::SieveNotify, packet_user),
-        Class::Mail => bare_event(Class::Mail, "MAIL".into(), Kind::MailNotice, packet_user),
-        Class::Other(name) => bare_event(
+        Class::Sieve => Event::bare(Class::Sieve, "SIEVE".into(), Kind::SieveNotify, packet_user),
+        Class::Mail => Event::bare(Class::Mail, "MAIL".into(), Kind::MailNotice, packet_user),
+        Class::Other(name) => Event::bare(
             notification.class.clone(),
             name.clone(),
             Kind::Other,
@@ -97,27 +100,6 @@ pub fn from_notification(mut notification: Notification) -> Result<Event, ParseE
     };
     event.notification = Some(Box::new(notification));
     Ok(event)
-}
-
-fn bare_event(class: Class, name: String, kind: Kind, owner: Option<String>) -> Event {
-    Event {
-        class,
-        name,
-        kind,
-        actor: owner.clone(),
-        owner,
-        mailbox: None,
-        mailbox_type: None,
-        slot: None,
-        modseq: None,
-        unseen: None,
-        messages: None,
-        counters: None,
-        envelope: None,
-        id_scheme: IdScheme::Unknown,
-        raw: None,
-        notification: None,
-    }
 }
 
 /// The fields mailpush reads from an event; every other key is checked and skipped.

@@ -23,11 +23,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::hyper_conn::HyperConnection;
-use super::ingest::{accepts_secret, single_event};
 use super::serve::Timeouts;
 use crate::config::Secret;
+use crate::ingest::Source;
+use crate::ingest::http::{accepts_secret, single_event};
 use crate::listen::Permit;
-use crate::metrics::Source;
 use crate::notify::spool::Ticket;
 use crate::pipeline::Pipeline;
 

@@ -1,8 +1,9 @@
 //! The HTTP API: the router, its shared state, and the one error type every handler returns.
 //!
 //! [`serve`] accepts connections and gives EventSource streams a lean writer of their own.
-//! Handlers live in [`events`] (EventSource streams), [`ingest`] (`POST /ingest`), [`devices`]
-//! and [`status`] (the operators' live page); [`cors`] lets web apps on other origins in. Each
+//! Handlers live in [`events`] (EventSource streams), [`devices`] and [`status`] (the
+//! operators' live page); event sources that speak HTTP (`POST /ingest`, Dovecot) live with the
+//! others in [`crate::ingest`]; [`cors`] lets web apps on other origins in. Each
 //! group of handlers has a state of its own in [`AppState`], holding only what it uses. Every
 //! error reaches the client as JSON with a stable `code`; client errors are logged at debug at
 //! most, so a misbehaving client cannot fill the log.
@@ -11,7 +12,6 @@ pub mod cors;
 pub mod devices;
 pub mod events;
 pub mod hyper_conn;
-pub mod ingest;
 pub mod lean_ingest;
 pub mod serve;
 pub mod status;
@@ -22,7 +22,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +40,7 @@ use crate::stream::{StateHub, SubscribeError};
 #[derive(Clone, FromRef)]
 pub struct AppState {
     pub streams: Arc<events::Streams>,
-    pub ingest: Arc<ingest::Ingest>,
+    pub ingest: Arc<crate::ingest::http::Ingest>,
     pub devices: Arc<devices::Devices>,
     pub operators: Arc<Operators>,
 }
@@ -78,7 +78,9 @@ pub fn router(state: AppState, max_body_bytes: usize, cors_origins: &[String]) -
     let router = Router::new()
         .route("/events", get(events::legacy))
         .route("/jmap/eventsource", get(events::jmap))
-        .route("/ingest", post(ingest::post))
+        .route("/ingest", post(crate::ingest::http::post))
+        .route("/ingest/dovecot/ox", put(crate::ingest::dovecot::ox))
+        .route("/ingest/dovecot/lua", post(crate::ingest::dovecot::lua))
         .route("/devices", post(devices::register).get(devices::list))
         .route("/devices/{id}", axum::routing::delete(devices::delete))
         .route("/healthz", get(healthz))

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::RejectLog;
 use super::socket::{self, SocketAccess};
 use crate::event::{self, ParseError};
-use crate::metrics::Source;
+use crate::ingest::Source;
 use crate::pipeline::Pipeline;
 
 /// Cyrus never sends a datagram over 64 KiB (`min(SO_SNDBUF/10 - 32, 65536)`).

@@ -19,8 +19,8 @@ use super::RejectLog;
 use super::socket::{self, SocketAccess};
 use crate::event::dlist::{DlistError, REPLY_OK, parse_record};
 use crate::event::{self, ParseError};
+use crate::ingest::Source;
 use crate::listen::{ConnectionBudget, Incoming, next_connection};
-use crate::metrics::Source;
 use crate::pipeline::Pipeline;
 
 /// Connections served at once; Cyrus holds one per process that is sending.

@@ -1,6 +1,8 @@
-//! Listeners that take events in: the Cyrus datagram socket ([`cyrus`]), its `dlist:` stream
-//! form ([`dlist`]) and newline-delimited JSON over TCP ([`ndjson`]). `POST /ingest` lives in
-//! `http` and uses the same [`Pipeline`].
+//! Every way events come in, one file per source, each handing [`crate::event::Event`]s to the
+//! same [`Pipeline`]: the Cyrus datagram socket ([`cyrus`]), its `dlist:` stream form
+//! ([`dlist`]), newline-delimited JSON over TCP ([`ndjson`]), `POST /ingest` ([`http`]), and
+//! Dovecot's push_notification drivers over HTTP ([`dovecot`]). A new source is a file here,
+//! its [`Source`] variant, and (for HTTP) its route in `http::router`.
 //!
 //! Cyrus sends each event from inside the IMAP or LMTP command that caused it and blocks once
 //! about ten datagrams wait unread, so every receive loop parses and dispatches synchronously
@@ -9,14 +11,18 @@
 
 pub mod cyrus;
 pub mod dlist;
+pub mod dovecot;
+pub mod http;
 pub mod ndjson;
 pub mod socket;
+mod source;
+
+pub use source::{EXCERPT_BYTES, PacketHead, Source};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::event::ParseError;
-use crate::metrics::Source;
 use crate::pipeline::Pipeline;
 
 /// Logs rejected packets at most once per interval per listener, with a count of the ones it

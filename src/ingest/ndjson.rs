@@ -20,10 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{LogEvery, RejectLog};
+use super::{PacketHead, Source};
 use crate::config::Secret;
 use crate::event::{self, ParseError};
 use crate::listen::{ConnectionBudget, Incoming, Permit, next_connection};
-use crate::metrics::{PacketHead, Source};
 use crate::pipeline::Pipeline;
 
 /// How long a new connection may take to authenticate.

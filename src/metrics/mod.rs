@@ -21,40 +21,9 @@ use prometheus_client::registry::Registry;
 
 pub use cluster::ClusterMetrics;
 use status::StatusTotals;
-pub use status::{EXCERPT_BYTES, PacketHead, Rejection, StatusSnapshot};
+pub use status::{Rejection, StatusSnapshot};
 
-/// Where an event came in; a label on ingest metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Source {
-    /// The Cyrus notify datagram socket.
-    Cyrus,
-    /// The Cyrus `dlist:` stream socket.
-    Dlist,
-    /// Newline-delimited JSON over TCP.
-    Ndjson,
-    /// `POST /ingest`.
-    Http,
-}
-
-impl Source {
-    /// Every source, in the order of [`Source::index`].
-    pub const ALL: [Source; 4] = [Source::Cyrus, Source::Dlist, Source::Ndjson, Source::Http];
-
-    /// The position in per-source arrays.
-    fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Source::Cyrus => "cyrus",
-            Source::Dlist => "dlist",
-            Source::Ndjson => "ndjson",
-            Source::Http => "http",
-        }
-    }
-}
+use crate::ingest::Source;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct EventLabels {

@@ -11,36 +11,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::{Levels, Source};
+use super::Levels;
 use crate::event::ParseError;
+use crate::ingest::{EXCERPT_BYTES, Source};
 
 /// The most rejected packets the status page lists.
 const RECENT_REJECTIONS: usize = 20;
-/// The most bytes of a rejected packet shown.
-pub const EXCERPT_BYTES: usize = 96;
-
-/// The first bytes of a packet, copied on the stack before a parse consumes the packet, so a
-/// rejection can still show them without an allocation per packet.
-pub struct PacketHead {
-    bytes: [u8; EXCERPT_BYTES],
-    len: usize,
-}
-
-impl PacketHead {
-    /// Copies up to [`EXCERPT_BYTES`] of `packet`.
-    pub fn new(packet: &[u8]) -> PacketHead {
-        let len = packet.len().min(EXCERPT_BYTES);
-        let mut bytes = [0; EXCERPT_BYTES];
-        bytes[..len].copy_from_slice(&packet[..len]);
-        PacketHead { bytes, len }
-    }
-
-    /// The copied bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
 /// A rejected packet as the status page shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rejection {
@@ -73,8 +49,8 @@ pub struct StatusSnapshot {
 
 /// The totals the Prometheus families cannot give back.
 pub(super) struct StatusTotals {
-    events_in: [AtomicU64; 4],
-    rejected: [AtomicU64; 4],
+    events_in: [AtomicU64; Source::ALL.len()],
+    rejected: [AtomicU64; Source::ALL.len()],
     pushes: Mutex<BTreeMap<&'static str, u64>>,
     jobs: Mutex<BTreeMap<&'static str, u64>>,
     recent_rejections: Mutex<VecDeque<Rejection>>,
@@ -133,7 +109,7 @@ impl StatusTotals {
         frames_sent: u64,
         levels: Levels,
     ) -> StatusSnapshot {
-        let by_source = |counters: &[AtomicU64; 4]| {
+        let by_source = |counters: &[AtomicU64; Source::ALL.len()]| {
             Source::ALL
                 .iter()
                 .map(|source| {

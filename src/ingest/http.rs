@@ -15,10 +15,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{ApiError, bearer, bearer_token};
+use super::{PacketHead, Source};
 use crate::config::Secret;
 use crate::event::{self, ParseError};
-use crate::metrics::{PacketHead, Source};
+use crate::http::{ApiError, bearer, bearer_token};
 use crate::pipeline::Pipeline;
 
 /// What `POST /ingest` uses.
@@ -141,7 +141,7 @@ fn authorize(state: &Ingest, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Whether an `Authorization` value is `Bearer <ingest.secret>`.
-pub(super) fn accepts_secret(secret: &Secret, authorization: &str) -> bool {
+pub(crate) fn accepts_secret(secret: &Secret, authorization: &str) -> bool {
     bearer_token(authorization).is_some_and(|token| is_secret(secret, token))
 }
 
@@ -155,7 +155,7 @@ fn first_byte(body: &[u8]) -> Option<u8> {
 
 /// A body that is one JSON object, parsed as an event; the fast path of both this handler and
 /// [`super::lean_ingest`]. An error here is not the reply: the general path reports it.
-pub(super) fn single_event(body: &[u8]) -> Result<event::Event, ParseError> {
+pub(crate) fn single_event(body: &[u8]) -> Result<event::Event, ParseError> {
     if first_byte(body) != Some(b'{') {
         return Err(ParseError::Json("not a single object".into()));
     }

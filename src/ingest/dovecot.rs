@@ -1,0 +1,521 @@
+//! Dovecot as a mail store: its push_notification plugin's OX driver (`PUT
+//! /ingest/dovecot/ox`) and Lua driver running mailpush's script (`POST /ingest/dovecot/lua`,
+//! `examples/dovecot/mailpush.lua`), turned into the same [`Event`]s the Cyrus path builds, so
+//! routing and every output stay one.
+//!
+//! What Dovecot 2.3 sends, and why it is read so:
+//! - Dovecot waits for the answer: the IMAP command or the LMTP delivery is blocked until it
+//!   comes. So the handlers check the credentials, parse, dispatch and answer; nothing waits on
+//!   a database (Dovecot events make no jobs). The Lua client always sends `Expect:
+//!   100-continue`; hyper answers it once the handler reads the body, after the credentials:
+//!   a refused request never sends its body.
+//! - Dovecot has no modseqs. Each change gets one of mailpush's own: the microseconds since the
+//!   epoch, or one more than the last one given, whichever is larger. A user's state so rises
+//!   with every change and never goes back, across restarts too, without reading the record
+//!   first. A state is then "something changed", not a position in Dovecot's history: clients
+//!   resync over IMAP (CONDSTORE) or their own cache.
+//! - Every system-flag change also reports a FlagsClear with no flags and no keywords, and
+//!   every keyword change an empty FlagsSet: both are dropped (counted in the answer).
+//! - The OX driver sends MessageNew in INBOX only, with the raw From and Subject headers
+//!   (decoded here) and the INBOX unseen count. The Lua script sends every event of a
+//!   transaction, decoded, and the INBOX unseen count when the transaction touched INBOX.
+//! - APPEND, COPY and MOVE all arrive as MessageAppend; MOVE also as a MessageExpunge.
+//!
+//! A transaction's unseen count rides on one event only (its MessageNew, else its last INBOX
+//! event), so one transaction moves a phone's badge once, however many messages it touched.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::http::Ingest;
+use super::{PacketHead, Source};
+use crate::event::{Class, Envelope, Event, Kind, MailboxRef, MailboxType, ParseError};
+use crate::http::{ApiError, bearer};
+
+/// The OX driver's request body (Dovecot 2.3's `push-notification-driver-ox.c`).
+#[derive(Debug, Deserialize)]
+struct OxNotification {
+    user: Option<String>,
+    event: Option<String>,
+    folder: Option<String>,
+    #[serde(rename = "imap-uidvalidity")]
+    uidvalidity: Option<u32>,
+    #[serde(rename = "imap-uid")]
+    uid: Option<u32>,
+    /// The raw `From:` header.
+    from: Option<String>,
+    /// The raw `Subject:` header.
+    subject: Option<String>,
+    unseen: Option<u64>,
+}
+
+/// One push transaction as mailpush's Lua script sends it.
+#[derive(Debug, Deserialize)]
+struct LuaTransaction {
+    v: Option<u32>,
+    user: Option<String>,
+    #[serde(default)]
+    events: Vec<LuaEvent>,
+    /// INBOX's unseen count after the transaction, when it touched INBOX.
+    inbox_unseen: Option<u64>,
+}
+
+/// One event table of Dovecot's Lua driver.
+#[derive(Debug, Deserialize)]
+struct LuaEvent {
+    name: Option<String>,
+    mailbox: Option<String>,
+    uid: Option<u32>,
+    uid_validity: Option<u32>,
+    flags: Option<Vec<String>>,
+    keywords: Option<Vec<String>>,
+    from_address: Option<String>,
+    from_display_name: Option<String>,
+    /// Decoded already.
+    subject: Option<String>,
+}
+
+/// What a request came to.
+#[derive(Debug, Serialize)]
+struct Accepted {
+    accepted: usize,
+    /// FlagsSet and FlagsClear events with no flags and no keywords: Dovecot's noise.
+    dropped_empty: usize,
+}
+
+/// The last modseq given to a Dovecot change, in microseconds since the epoch.
+static LAST_MODSEQ: AtomicU64 = AtomicU64::new(0);
+
+/// `PUT /ingest/dovecot/ox`: one MessageNew from the OX driver, authenticated with HTTP Basic
+/// (any user name, the ingest secret as password: the driver's `url=http://u:SECRET@…`).
+pub async fn ox(State(state): State<Arc<Ingest>>, request: Request) -> Result<Response, ApiError> {
+    if let Err(err) = authorize(&state, request.headers(), Credentials::Basic) {
+        let mut response = err.into_response();
+        if response.status() == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"mailpush\""),
+            );
+        }
+        return Ok(response);
+    }
+    let body = read_body(request).await?;
+    let event = from_ox(&body).map_err(|err| reject(&state, Source::DovecotOx, &err, &body))?;
+    state.pipeline.dispatch(Source::DovecotOx, event);
+    Ok(Json(Accepted {
+        accepted: 1,
+        dropped_empty: 0,
+    })
+    .into_response())
+}
+
+/// `POST /ingest/dovecot/lua`: one push transaction from mailpush's Lua script, authenticated
+/// with `Authorization: Bearer <ingest secret>`.
+pub async fn lua(State(state): State<Arc<Ingest>>, request: Request) -> Result<Response, ApiError> {
+    authorize(&state, request.headers(), Credentials::Bearer)?;
+    let body = read_body(request).await?;
+    let (events, dropped_empty) =
+        from_lua(&body).map_err(|err| reject(&state, Source::DovecotLua, &err, &body))?;
+    let accepted = events.len();
+    for event in events {
+        state.pipeline.dispatch(Source::DovecotLua, event);
+    }
+    Ok(Json(Accepted {
+        accepted,
+        dropped_empty,
+    })
+    .into_response())
+}
+
+/// Reads an OX driver body.
+pub fn from_ox(body: &[u8]) -> Result<Event, ParseError> {
+    let ox: OxNotification =
+        serde_json::from_slice(body).map_err(|err| ParseError::Json(err.to_string()))?;
+    let user = non_empty(ox.user).ok_or(ParseError::MissingField("user"))?;
+    let name = non_empty(ox.event).ok_or(ParseError::MissingName)?;
+    let folder = non_empty(ox.folder).ok_or(ParseError::MissingField("folder"))?;
+    let envelope = Envelope {
+        subject: ox
+            .subject
+            .map(|raw| crate::event::rfc2047::decode(&raw).trim().to_owned()),
+        ..sender(ox.from.as_deref().unwrap_or(""))
+    };
+    let mut event = event(user, &name, folder, ox.uidvalidity, ox.uid);
+    event.unseen = checked(ox.unseen, "unseen")?;
+    event.envelope = Some(envelope);
+    Ok(event)
+}
+
+/// Reads a Lua script body: the transaction's events (empty flag changes dropped, and their
+/// count).
+pub fn from_lua(body: &[u8]) -> Result<(Vec<Event>, usize), ParseError> {
+    let transaction: LuaTransaction =
+        serde_json::from_slice(body).map_err(|err| ParseError::Json(err.to_string()))?;
+    if transaction.v != Some(1) {
+        return Err(ParseError::Json(format!(
+            "v is {:?}: this mailpush reads version 1 of the script's format",
+            transaction.v
+        )));
+    }
+    let user = non_empty(transaction.user).ok_or(ParseError::MissingField("user"))?;
+    let unseen = checked(transaction.inbox_unseen, "inbox_unseen")?;
+    let mut events = Vec::with_capacity(transaction.events.len());
+    let mut dropped_empty = 0;
+    for lua in transaction.events {
+        let name = non_empty(lua.name).ok_or(ParseError::MissingName)?;
+        let mailbox = non_empty(lua.mailbox).ok_or(ParseError::MissingField("mailbox"))?;
+        let kind = Kind::from_name(&name);
+        let no_flags = lua.flags.as_ref().is_none_or(Vec::is_empty)
+            && lua.keywords.as_ref().is_none_or(Vec::is_empty);
+        if matches!(kind, Kind::FlagsSet | Kind::FlagsClear) && no_flags {
+            dropped_empty += 1;
+            continue;
+        }
+        let mut event = event(user.clone(), &name, mailbox, lua.uid_validity, lua.uid);
+        if matches!(kind, Kind::MessageNew | Kind::MessageAppend) {
+            event.envelope = Some(Envelope {
+                subject: non_empty(lua.subject),
+                from_name: non_empty(lua.from_display_name),
+                from_address: non_empty(lua.from_address),
+            });
+        }
+        events.push(event);
+    }
+    // The count goes with the transaction's delivery, else with its last INBOX event.
+    let in_inbox =
+        |event: &Event| event.mailbox.as_ref().and_then(|m| m.folder.as_deref()) == Some("INBOX");
+    let carrier = events
+        .iter()
+        .position(|event| event.kind == Kind::MessageNew && in_inbox(event))
+        .or_else(|| events.iter().rposition(in_inbox));
+    if let Some(index) = carrier {
+        events[index].unseen = unseen;
+    }
+    Ok((events, dropped_empty))
+}
+
+/// The event of one Dovecot change in `user`'s `mailbox`, with a modseq of mailpush's own.
+fn event(
+    user: String,
+    name: &str,
+    mailbox: String,
+    uidvalidity: Option<u32>,
+    uid: Option<u32>,
+) -> Event {
+    let url = relative_url(&mailbox, uidvalidity, uid);
+    let mut event = Event::bare(
+        Class::Event,
+        name.to_owned(),
+        Kind::from_name(name),
+        Some(user.clone()),
+    );
+    event.mailbox = Some(MailboxRef {
+        url,
+        server: String::new(),
+        name: mailbox.clone(),
+        owner: Some(user),
+        folder: Some(mailbox),
+        uidvalidity,
+        uid,
+    });
+    event.mailbox_type = Some(MailboxType::Mail);
+    event.modseq = Some(next_modseq());
+    event
+}
+
+/// The next modseq for a Dovecot change: the microseconds since the epoch, or one more than
+/// the last one given, whichever is larger (below 2^53 until the year 2255).
+fn next_modseq() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+        });
+    let previous = LAST_MODSEQ
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+            Some((last + 1).max(now))
+        })
+        .unwrap_or_else(|last| last);
+    (previous + 1).max(now)
+}
+
+/// A relative IMAP URL (RFC 5092 §7) of the message or mailbox, for the app to resolve against
+/// its own server: `/INBOX;UIDVALIDITY=1795879878/;UID=3`.
+fn relative_url(mailbox: &str, uidvalidity: Option<u32>, uid: Option<u32>) -> String {
+    use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+    // RFC 5092 `achar` keeps unreserved characters, `&=~` and the sub-delims other than `;`.
+    const MAILBOX: &AsciiSet = &CONTROLS
+        .add(b' ')
+        .add(b'"')
+        .add(b'#')
+        .add(b'%')
+        .add(b';')
+        .add(b'<')
+        .add(b'>')
+        .add(b'?')
+        .add(b'[')
+        .add(b'\\')
+        .add(b']')
+        .add(b'^')
+        .add(b'`')
+        .add(b'{')
+        .add(b'|')
+        .add(b'}');
+    let mut url = format!("/{}", utf8_percent_encode(mailbox, MAILBOX));
+    if let Some(uidvalidity) = uidvalidity {
+        url.push_str(&format!(";UIDVALIDITY={uidvalidity}"));
+    }
+    if let Some(uid) = uid {
+        url.push_str(&format!("/;UID={uid}"));
+    }
+    url
+}
+
+/// Display name and address of a raw `From:` header (`"Name" <a@b>`, `Name <a@b>` or `a@b`),
+/// RFC 2047 words decoded.
+fn sender(from: &str) -> Envelope {
+    let from = from.trim();
+    let (name, address) = match (from.rfind('<'), from.rfind('>')) {
+        (Some(open), Some(close)) if open < close => (&from[..open], &from[open + 1..close]),
+        _ => ("", from),
+    };
+    let name = crate::event::rfc2047::decode(name.trim());
+    let name = name.trim().trim_matches('"').trim();
+    Envelope {
+        subject: None,
+        from_name: (!name.is_empty()).then(|| name.to_owned()),
+        from_address: (!address.trim().is_empty()).then(|| address.trim().to_owned()),
+    }
+}
+
+/// Which credentials a driver sends.
+#[derive(Clone, Copy)]
+enum Credentials {
+    /// HTTP Basic, the password being the ingest secret (the OX driver's URL userinfo).
+    Basic,
+    /// `Bearer <ingest secret>` (the Lua script's `mailpush_token`).
+    Bearer,
+}
+
+fn authorize(
+    state: &Ingest,
+    headers: &HeaderMap,
+    credentials: Credentials,
+) -> Result<(), ApiError> {
+    let Some(secret) = &state.secret else {
+        return Err(ApiError::Forbidden {
+            code: "ingest_disabled",
+            message: "Dovecot ingest is off: set ingest.secret to turn it on".into(),
+        });
+    };
+    let given = match credentials {
+        Credentials::Bearer => bearer(headers).map(str::to_owned),
+        Credentials::Basic => basic_password(headers),
+    };
+    match given {
+        Some(given) if secret.matches(given.as_bytes()) => Ok(()),
+        given => {
+            let (scheme, how) = match credentials {
+                Credentials::Basic => (
+                    "Basic",
+                    "put the ingest secret in the driver's url as its password: ox:url=http://dovecot:SECRET@host/ingest/dovecot/ox",
+                ),
+                Credentials::Bearer => ("Bearer", "set mailpush_token to the ingest secret"),
+            };
+            state
+                .pipeline
+                .metrics()
+                .request_refused("ingest_unauthorized");
+            Err(ApiError::Unauthorized {
+                code: "ingest_unauthorized",
+                message: if given.is_some() {
+                    format!("wrong ingest secret ({scheme})")
+                } else {
+                    format!("no {scheme} credentials: {how}")
+                },
+            })
+        }
+    }
+}
+
+/// The password of an `Authorization: Basic` header.
+fn basic_password(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':')
+        .map(|(_, password)| password.to_owned())
+}
+
+/// Reads the body, once the credentials are checked: only then does hyper answer `Expect:
+/// 100-continue`, so a refused request never sends its body.
+async fn read_body(request: Request) -> Result<Bytes, ApiError> {
+    let body: Result<Bytes, BytesRejection> = Bytes::from_request(request, &()).await;
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
+        _ => ApiError::BadRequest {
+            code: "unreadable_body",
+            message: rejection.body_text(),
+        },
+    })
+}
+
+/// Counts and logs a bad body, and says why to the caller.
+fn reject(state: &Ingest, source: Source, err: &ParseError, body: &[u8]) -> ApiError {
+    let head = PacketHead::new(body);
+    state
+        .pipeline
+        .reject(source, err, body.len(), head.as_slice());
+    tracing::warn!(source = source.label(), reason = err.reason(), error = %err, "Dovecot request refused");
+    ApiError::BadRequest {
+        code: err.reason(),
+        message: err.to_string(),
+    }
+}
+
+fn non_empty(text: Option<String>) -> Option<String> {
+    text.filter(|text| !text.is_empty())
+}
+
+/// A count that JavaScript clients can read exactly, as the Cyrus parser demands.
+fn checked(value: Option<u64>, field: &'static str) -> Result<Option<u64>, ParseError> {
+    match value {
+        Some(value) if value > (1 << 53) - 1 => Err(ParseError::OutOfRange { field, value }),
+        value => Ok(value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OX: &str = r#"{"user":"alice","event":"messageNew","folder":"INBOX","imap-uidvalidity":1795879755,"imap-uid":1,"from":"=?UTF-8?Q?J=C3=BCrgen_Sender?= <sender@example.org>","subject":"=?UTF-8?Q?Gr=C3=BC=C3=9Fe?= from the harness","snippet":"Hello Alice","unseen":1}"#;
+
+    #[test]
+    fn an_ox_request_is_a_new_mail_with_decoded_headers() {
+        let event = from_ox(OX.as_bytes()).unwrap();
+        assert_eq!(event.kind, Kind::MessageNew);
+        assert_eq!(event.owner.as_deref(), Some("alice"));
+        let mailbox = event.mailbox.as_ref().unwrap();
+        assert_eq!(mailbox.folder.as_deref(), Some("INBOX"));
+        assert_eq!(
+            (mailbox.uidvalidity, mailbox.uid),
+            (Some(1795879755), Some(1))
+        );
+        assert_eq!(mailbox.url, "/INBOX;UIDVALIDITY=1795879755/;UID=1");
+        assert_eq!(event.mailbox_type, Some(MailboxType::Mail));
+        assert_eq!(event.unseen, Some(1));
+        let envelope = event.envelope.unwrap();
+        assert_eq!(envelope.from_name.as_deref(), Some("Jürgen Sender"));
+        assert_eq!(envelope.from_address.as_deref(), Some("sender@example.org"));
+        assert_eq!(envelope.subject.as_deref(), Some("Grüße from the harness"));
+    }
+
+    #[test]
+    fn senders_read_as_mail_clients_show_them() {
+        let check = |from: &str, name: Option<&str>, address: Option<&str>| {
+            let envelope = sender(from);
+            assert_eq!(envelope.from_name.as_deref(), name, "{from}");
+            assert_eq!(envelope.from_address.as_deref(), address, "{from}");
+        };
+        check(
+            "\"Sender, Quoted\" <quoted@example.org>",
+            Some("Sender, Quoted"),
+            Some("quoted@example.org"),
+        );
+        check("rob@example.net", None, Some("rob@example.net"));
+        check("<rob@example.net>", None, Some("rob@example.net"));
+        check(
+            "=?ISO-8859-1?Q?Ren=E9?= <rene@example.org>",
+            Some("René"),
+            Some("rene@example.org"),
+        );
+        check("", None, None);
+    }
+
+    #[test]
+    fn a_lua_transaction_drops_empty_flag_changes_and_badges_once() {
+        let body = r#"{"v":1,"user":"alice","inbox_unseen":3,"events":[
+            {"flags":[],"flags_old":["\\Recent"],"keywords":[],"keywords_old":[],"mailbox":"INBOX","name":"FlagsClear","uid":1,"uid_validity":7},
+            {"flags":["\\Seen"],"keywords":[],"mailbox":"INBOX","name":"FlagsSet","uid":1,"uid_validity":7},
+            {"mailbox":"INBOX","name":"MessageRead","uid":1,"uid_validity":7},
+            {"mailbox":"Archive","name":"MessageAppend","uid":4,"uid_validity":9,"from_address":"a@b","subject":"Hi"}]}"#;
+        let (events, dropped) = from_lua(body.as_bytes()).unwrap();
+        assert_eq!(dropped, 1);
+        let names: Vec<_> = events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["FlagsSet", "MessageRead", "MessageAppend"]);
+        let unseen: Vec<_> = events.iter().map(|e| e.unseen).collect();
+        assert_eq!(
+            unseen,
+            [None, Some(3), None],
+            "on the last INBOX event only"
+        );
+        let envelope = events[2].envelope.clone().unwrap();
+        assert_eq!(
+            (envelope.from_name, envelope.from_address.as_deref()),
+            (None, Some("a@b"))
+        );
+        let modseqs: Vec<u64> = events.iter().map(|e| e.modseq.unwrap()).collect();
+        assert!(
+            modseqs.windows(2).all(|pair| pair[0] < pair[1]),
+            "{modseqs:?}"
+        );
+
+        // A delivery carries the count, whatever else the transaction holds.
+        let body = r#"{"v":1,"user":"bob","inbox_unseen":5,"events":[
+            {"mailbox":"INBOX","name":"MessageNew","uid":2,"uid_validity":7,"subject":"Hello"},
+            {"flags":["\\Flagged"],"keywords":[],"mailbox":"INBOX","name":"FlagsSet","uid":2,"uid_validity":7}]}"#;
+        let (events, _) = from_lua(body.as_bytes()).unwrap();
+        assert_eq!(events[0].unseen, Some(5));
+        assert_eq!(events[1].unseen, None);
+        assert_eq!(events[0].owner.as_deref(), Some("bob"));
+    }
+
+    #[test]
+    fn modseqs_rise_and_follow_the_clock() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64;
+        let taken: Vec<u64> = (0..1000).map(|_| next_modseq()).collect();
+        assert!(taken.windows(2).all(|pair| pair[0] < pair[1]));
+        assert!(taken[0] >= before, "never behind the clock");
+        assert!(taken[999] < 1 << 53);
+    }
+
+    #[test]
+    fn urls_and_credentials() {
+        assert_eq!(
+            relative_url("Projects/2026", Some(3), None),
+            "/Projects/2026;UIDVALIDITY=3"
+        );
+        assert_eq!(
+            relative_url("a b;c%", None, Some(1)),
+            "/a%20b%3Bc%25/;UID=1"
+        );
+        assert_eq!(relative_url("Gäste", None, None), "/G%C3%A4ste");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            "Basic ZG92ZWNvdDpzM2NyZXQ6eA==".parse().unwrap(),
+        );
+        assert_eq!(basic_password(&headers).as_deref(), Some("s3cret:x"));
+        headers.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert_eq!(basic_password(&headers), None);
+    }
+}
