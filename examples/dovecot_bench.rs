@@ -51,17 +51,32 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_secs(secs),
         )));
     }
-    let mut latencies = Vec::new();
+    let (mut lua, mut ox) = (Vec::new(), Vec::new());
     for task in tasks {
-        latencies.extend(task.await??);
+        for (is_lua, latency) in task.await?? {
+            if is_lua {
+                lua.push(latency)
+            } else {
+                ox.push(latency)
+            }
+        }
     }
     let _ = child.kill();
     let _ = child.wait();
+    let mut all: Vec<Duration> = lua.iter().chain(&ox).copied().collect();
+    report("all", &mut all)?;
+    report("Lua (100 Continue, then the body)", &mut lua)?;
+    report("OX", &mut ox)?;
+    Ok(())
+}
+
+/// Prints the percentiles of one set of latencies.
+fn report(name: &str, latencies: &mut [Duration]) -> anyhow::Result<()> {
     latencies.sort_unstable();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "{} requests: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        "{name}: {} requests, p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
         latencies.len(),
         ms(at(0.5)),
         ms(at(0.9)),
@@ -72,14 +87,14 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Sends requests on one keep-alive connection at `rate` a second until `length` has passed;
-/// returns each one's time to its answer.
+/// returns each one's driver (Lua or not) and time to its answer.
 async fn run_connection(
     http: std::net::SocketAddr,
     connection: u64,
     rate: f64,
     start: Instant,
     length: Duration,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<Vec<(bool, Duration)>> {
     let stream = TcpStream::connect(http).await?;
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
@@ -127,7 +142,7 @@ async fn run_connection(
             "answer {status}: {}",
             String::from_utf8_lossy(&answer)
         );
-        latencies.push(sent.elapsed());
+        latencies.push((lua, sent.elapsed()));
         n += 1;
     }
 }
