@@ -65,11 +65,14 @@ enum Command {
     /// Exit 0 if the server on http.listen answers GET /healthz, else 1 (for HEALTHCHECK).
     Health,
     /// Check the mail store's configuration against mailpush's, line by line; exit 0 only when
-    /// nothing is at fault.
+    /// nothing is at fault. With neither option, checks /etc/imapd.conf.
     Doctor {
         /// Cyrus's imapd.conf.
-        #[arg(long, value_name = "FILE", default_value = "/etc/imapd.conf")]
-        cyrus: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        cyrus: Option<PathBuf>,
+        /// Dovecot's dovecot.conf (what it includes is read too).
+        #[arg(long, value_name = "FILE")]
+        dovecot: Option<PathBuf>,
     },
     /// Show or change a user's notification settings (language, SMS number and credit).
     #[command(subcommand)]
@@ -144,7 +147,7 @@ fn main() -> ExitCode {
             serve(config, config_path, log_level)
         }
         Command::Health => health(&config),
-        Command::Doctor { cyrus } => return doctor(&config, &cyrus),
+        Command::Doctor { cyrus, dovecot } => return doctor(&config, cyrus, dovecot),
         Command::User(command) => with_store(&config, |store| user_command(store, command)),
         Command::Jobs {
             state,
@@ -161,16 +164,27 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints the doctor's report on `imapd_conf`; exit 0 only when nothing is at fault.
-fn doctor(config: &Config, imapd_conf: &Path) -> ExitCode {
-    let text = match std::fs::read_to_string(imapd_conf) {
-        Ok(text) => text,
-        Err(err) => {
-            eprintln!("mailpush: cannot read {}: {err}", imapd_conf.display());
-            return ExitCode::FAILURE;
-        }
+/// Prints the doctor's report on the mail stores' configuration files (Cyrus's
+/// `/etc/imapd.conf` when none is named); exit 0 only when nothing is at fault.
+fn doctor(config: &Config, cyrus: Option<PathBuf>, dovecot: Option<PathBuf>) -> ExitCode {
+    let cyrus = match (&cyrus, &dovecot) {
+        (None, None) => Some(PathBuf::from("/etc/imapd.conf")),
+        _ => cyrus,
     };
-    let report = mailpush::doctor::check_cyrus(&text, imapd_conf, config);
+    let mut report = mailpush::doctor::Report::default();
+    if let Some(imapd_conf) = cyrus {
+        let text = match std::fs::read_to_string(&imapd_conf) {
+            Ok(text) => text,
+            Err(err) => {
+                eprintln!("mailpush: cannot read {}: {err}", imapd_conf.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        report.extend(mailpush::doctor::check_cyrus(&text, &imapd_conf, config));
+    }
+    if let Some(dovecot_conf) = dovecot {
+        report.extend(mailpush::doctor::check_dovecot(&dovecot_conf, config));
+    }
     print!("{}", report.render());
     if report.healthy() {
         ExitCode::SUCCESS

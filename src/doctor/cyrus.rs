@@ -1,83 +1,13 @@
-//! `mailpush doctor`: reads the mail store's configuration beside mailpush's own and says, line
-//! by line, what is missing or wrong for each output.
-//!
-//! Why: the commonest failure of a push gateway in the field is not in the gateway but in the
-//! store's configuration: an `imapd.conf` without `modseq` in `event_extra_params`, a socket
-//! Cyrus cannot write, `sievenotifier` unset. Each shows only as silence. The checks are plain
-//! functions of the two configurations (and the socket file's mode, when it exists), so they
-//! are tested on real `imapd.conf` files.
+//! Cyrus's `imapd.conf` against mailpush's configuration: the notify socket (where, how long,
+//! who may write it), the notifier, the event groups and parameters, the Sieve notifier.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use super::Report;
 use crate::config::Config;
-
-/// How serious a finding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// As it should be.
-    Ok,
-    /// An output works less well (no badge, no sender in alerts); not a failure.
-    Warn,
-    /// An output does not work at all.
-    Fault,
-}
-
-/// One line of the report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    pub verdict: Verdict,
-    pub message: String,
-}
-
-/// What the doctor found.
-#[derive(Debug, Default)]
-pub struct Report {
-    pub findings: Vec<Finding>,
-}
 
 /// `sun_path` holds 108 bytes, the terminating NUL included.
 const MAX_SOCKET_PATH: usize = 107;
-
-impl Report {
-    /// Whether nothing is at fault (warnings allowed).
-    pub fn healthy(&self) -> bool {
-        self.findings.iter().all(|f| f.verdict != Verdict::Fault)
-    }
-
-    /// One line per finding: `ok`, `warn` or `FAULT`, then what and why.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        for finding in &self.findings {
-            let label = match finding.verdict {
-                Verdict::Ok => "ok   ",
-                Verdict::Warn => "warn ",
-                Verdict::Fault => "FAULT",
-            };
-            let _ = writeln!(out, "{label} {}", finding.message);
-        }
-        out
-    }
-
-    fn ok(&mut self, message: impl Into<String>) {
-        self.push(Verdict::Ok, message);
-    }
-
-    fn warn(&mut self, message: impl Into<String>) {
-        self.push(Verdict::Warn, message);
-    }
-
-    fn fault(&mut self, message: impl Into<String>) {
-        self.push(Verdict::Fault, message);
-    }
-
-    fn push(&mut self, verdict: Verdict, message: impl Into<String>) {
-        self.findings.push(Finding {
-            verdict,
-            message: message.into(),
-        });
-    }
-}
 
 /// An `imapd.conf`: `key: value` lines, `#` comments.
 struct ImapdConf<'a> {
@@ -289,6 +219,7 @@ fn check_params(conf: &ImapdConf<'_>, source: &Path, report: &mut Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::doctor::Verdict;
 
     const GOOD: &str = "notifysocket: /run/mailpush/notify.sock\nevent_notifier: mailpush\nevent_groups: message mailbox flags calendar\nevent_extra_params: timestamp service modseq messages uidnext vnd.cmu.unseenMessages vnd.cmu.envelope vnd.cmu.mbtype vnd.cmu.emailid\nsievenotifier: mailpush-sieve\n";
 
