@@ -28,7 +28,8 @@ pub struct Devices {
     pub max_per_user: usize,
 }
 
-/// A registration as apps send it.
+/// A registration as apps send it (read loosely here, then checked by [`validate`]; the
+/// OpenAPI document gives its exact form per platform as [`RegistrationForm`]).
 #[derive(Debug, Deserialize)]
 pub struct Registration {
     platform: String,
@@ -37,19 +38,98 @@ pub struct Registration {
     environment: Option<String>,
 }
 
+/// A registration, as [`validate`] accepts it.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = Registration)]
+#[allow(dead_code)]
+#[serde(untagged)]
+enum RegistrationForm {
+    Apns(ApnsRegistration),
+    Fcm(FcmRegistration),
+}
+
+/// An iPhone's APNs device token.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ApnsRegistration {
+    #[schema(inline)]
+    platform: ApnsPlatform,
+    /// An even number (32 to 200) of hex digits (upper or lower case).
+    #[schema(pattern = "^([0-9a-fA-F]{2}){16,100}$")]
+    token: String,
+    /// The app's bundle id: a configured APNs topic.
+    #[schema(pattern = "^[!-~]{1,255}$")]
+    app: String,
+    /// `sandbox` for development builds; `production` when absent.
+    #[schema(inline)]
+    environment: Option<ApnsEnvironment>,
+}
+
+/// An Android device's FCM registration token.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct FcmRegistration {
+    #[schema(inline)]
+    platform: FcmPlatform,
+    /// 1 to 4,096 visible ASCII characters.
+    #[schema(pattern = "^[!-~]{1,4096}$")]
+    token: String,
+    /// The FCM app the token belongs to.
+    #[schema(pattern = "^[!-~]{1,255}$")]
+    app: String,
+    /// Only `production` (when given).
+    #[schema(inline)]
+    environment: Option<FcmEnvironment>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum ApnsPlatform {
+    Apns,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum FcmPlatform {
+    Fcm,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum ApnsEnvironment {
+    Production,
+    Sandbox,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum FcmEnvironment {
+    Production,
+}
+
 /// A device as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Device)]
 struct DeviceBody<'a> {
     id: i64,
+    /// `apns` or `fcm`.
     platform: &'static str,
     token: &'a str,
     app: &'a str,
+    /// `production` or `sandbox`.
     environment: &'static str,
+    /// When the token was first registered, seconds since the epoch.
     created_at: i64,
+    /// When it was last registered again.
     registered_at: i64,
 }
 
-#[derive(Serialize)]
+/// The caller's devices.
+#[derive(Serialize, utoipa::ToSchema)]
 struct DeviceList<'a> {
     devices: Vec<DeviceBody<'a>>,
 }
@@ -61,6 +141,22 @@ const APNS_TOKEN_HEX: std::ops::RangeInclusive<usize> = 32..=200;
 const MAX_APP: usize = 255;
 
 /// Registers a device, or refreshes a known token (idempotent): 201 when new, 200 when known.
+#[utoipa::path(
+    post,
+    path = "/devices",
+    operation_id = "registerDevice",
+    tag = "devices",
+    security(("client_token" = []), ("client_cookie" = [])),
+    request_body(content = RegistrationForm, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Registered", body = DeviceBody, headers(("Location" = String, description = "`/devices/<id>`"))),
+        (status = 200, description = "Known already: its registration time is refreshed (and a token moves to this user)", body = DeviceBody, headers(("Location" = String, description = "`/devices/<id>`"))),
+        (status = 400, description = "`invalid_device`, with what is wrong", body = super::openapi::ErrorBody),
+        (status = 401, description = "`token_missing`, `token_invalid`, `token_expired`, `token_not_yet_valid`", body = super::openapi::ErrorBody),
+        (status = 409, description = "`too_many_devices`: `push.max_devices_per_user` reached", body = super::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large`", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn register(
     State(state): State<Arc<Devices>>,
     headers: HeaderMap,
@@ -101,6 +197,17 @@ pub async fn register(
 }
 
 /// Lists the caller's devices.
+#[utoipa::path(
+    get,
+    path = "/devices",
+    operation_id = "listDevices",
+    tag = "devices",
+    security(("client_token" = []), ("client_cookie" = [])),
+    responses(
+        (status = 200, description = "The caller's devices, newest first", body = DeviceList),
+        (status = 401, description = "`token_missing`, `token_invalid`, `token_expired`, `token_not_yet_valid`", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<Arc<Devices>>,
     headers: HeaderMap,
@@ -118,6 +225,19 @@ pub async fn list(
 }
 
 /// Deletes one of the caller's devices: 204, or 404 whether it is absent or someone else's.
+#[utoipa::path(
+    delete,
+    path = "/devices/{id}",
+    operation_id = "deleteDevice",
+    tag = "devices",
+    security(("client_token" = []), ("client_cookie" = [])),
+    params(("id" = i64, Path, description = "The device's id")),
+    responses(
+        (status = 204, description = "Deleted: no more pushes go to it"),
+        (status = 401, description = "`token_missing`, `token_invalid`, `token_expired`, `token_not_yet_valid`", body = super::openapi::ErrorBody),
+        (status = 404, description = "`device_not_found`: absent, or another user's", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(state): State<Arc<Devices>>,
     headers: HeaderMap,

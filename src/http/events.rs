@@ -84,6 +84,22 @@ const PING_MIN_SECS: u64 = 5;
 const PING_MAX_SECS: u64 = 600;
 
 /// Serves FastMail's `event: push` stream.
+#[utoipa::path(
+    get,
+    path = "/events",
+    operation_id = "streamEvents",
+    tag = "streams",
+    security(("client_token" = []), ("client_cookie" = []), ("client_query" = [])),
+    params(
+        ("Last-Event-ID" = Option<String>, Header, description = "The `id` of the last event the client saw (`m<mail>c<calendar>a<contacts>`): the current state comes at once only if it moved since"),
+    ),
+    responses(
+        (status = 200, description = "The stream: a `retry:` hint, then `event: push` with `id: m<mail>c<calendar>a<contacts>` and `data: {\"mailModSeq\":…,\"calendarModSeq\":…,\"contactsModSeq\":…}` at each change, `event: reminder` for calendar alarms, and `:` keepalive comments", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`invalid_query`", body = super::openapi::ErrorBody),
+        (status = 401, description = "`token_missing`, `token_invalid`, `token_expired`, `token_not_yet_valid`", body = super::openapi::ErrorBody),
+        (status = 429, description = "`too_many_user_connections`, `too_many_connections`", body = super::openapi::ErrorBody, headers(("Retry-After" = String, description = "Seconds before trying again"))),
+    ),
+)]
 pub async fn legacy(
     State(state): State<Arc<Streams>>,
     lean: Option<Extension<LeanStream>>,
@@ -98,6 +114,25 @@ pub async fn legacy(
 }
 
 /// Serves the JMAP `event: state` stream.
+#[utoipa::path(
+    get,
+    path = "/jmap/eventsource",
+    operation_id = "streamJmap",
+    tag = "streams",
+    security(("client_token" = []), ("client_cookie" = []), ("client_query" = [])),
+    params(
+        ("types" = Option<String>, Query, pattern = r"^(\*|[^,]*\S[^,]*(,[^,]*\S[^,]*)*)$", description = "`*` (the default) or a comma-separated list of JMAP type names (`Email,Mailbox`)"),
+        ("closeafter" = Option<String>, Query, pattern = "^(state|no)$", description = "`state` ends the response after one state event; `no` (the default) keeps it open"),
+        ("ping" = Option<u32>, Query, description = "Seconds between `ping` events (5 to 600); 0 (the default) sends none"),
+        ("Last-Event-ID" = Option<String>, Header, description = "The `id` of the last event the client saw: the current state comes at once only if it moved since"),
+    ),
+    responses(
+        (status = 200, description = "The stream (RFC 8620 §7.3): `event: state` with a StateChange `data` at each change, `event: ping` when asked for, `event: reminder` for calendar alarms", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`invalid_query`, `invalid_types`, `invalid_closeafter`, `invalid_ping`", body = super::openapi::ErrorBody),
+        (status = 401, description = "`token_missing`, `token_invalid`, `token_expired`, `token_not_yet_valid`", body = super::openapi::ErrorBody),
+        (status = 429, description = "`too_many_user_connections`, `too_many_connections`", body = super::openapi::ErrorBody, headers(("Retry-After" = String, description = "Seconds before trying again"))),
+    ),
+)]
 pub async fn jmap(
     State(state): State<Arc<Streams>>,
     lean: Option<Extension<LeanStream>>,

@@ -13,6 +13,7 @@ pub mod devices;
 pub mod events;
 pub mod hyper_conn;
 pub mod lean_ingest;
+pub mod openapi;
 pub mod serve;
 pub mod status;
 
@@ -22,7 +23,6 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -73,21 +73,11 @@ pub struct Operators {
     pub shutdown: CancellationToken,
 }
 
-/// Builds the router with every endpoint.
+/// Builds the router with every endpoint: the routes of the OpenAPI document
+/// ([`openapi::api_router`]), so each one is documented.
 pub fn router(state: AppState, max_body_bytes: usize, cors_origins: &[String]) -> Router {
-    let router = Router::new()
-        .route("/events", get(events::legacy))
-        .route("/jmap/eventsource", get(events::jmap))
-        .route("/ingest", post(crate::ingest::http::post))
-        .route("/ingest/dovecot/ox", put(crate::ingest::dovecot::ox))
-        .route("/ingest/dovecot/lua", post(crate::ingest::dovecot::lua))
-        .route("/devices", post(devices::register).get(devices::list))
-        .route("/devices/{id}", axum::routing::delete(devices::delete))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/status", get(status::page))
-        .route("/status/events", get(status::events))
+    let (routes, _document) = openapi::api_router().split_for_parts();
+    let router = routes
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state);
     // Without configured origins the layer would only pass requests through, and it costs
@@ -99,13 +89,43 @@ pub fn router(state: AppState, max_body_bytes: usize, cors_origins: &[String]) -
     router.layer(axum::middleware::from_fn_with_state(allowed, cors::layer))
 }
 
+/// Alive: the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "health",
+    tag = "operators",
+    security(()),
+    responses((status = 200, description = "`ok`", content_type = "text/plain", body = String)),
+)]
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// What `/readyz` says of each dependency: `ok` / `connected`, or why not.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Readiness {
+    /// `ok`, `database unreachable` or `database did not answer within 2 s`.
+    database: &'static str,
+    /// In a cluster: `connected` or `cut off from NATS`; absent on a lone node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<&'static str>,
 }
 
 /// Ready when the database answers and, in a cluster, the node is connected to NATS (a node
 /// cut off serves stale states to users whose changes are ingested elsewhere): a load
 /// balancer sends clients to another node meanwhile.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readiness",
+    tag = "operators",
+    security(()),
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: the body says which dependency is away", body = Readiness),
+    ),
+)]
 async fn readyz(State(state): State<Arc<Operators>>) -> Response {
     let database =
         match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await {
@@ -124,10 +144,10 @@ async fn readyz(State(state): State<Arc<Operators>>) -> Response {
         }
     });
     let ready = database.is_ok() && cluster.is_none_or(|cluster| cluster.is_ok());
-    let mut body = serde_json::json!({ "database": database.unwrap_or_else(|reason| reason) });
-    if let Some(cluster) = cluster {
-        body["cluster"] = serde_json::json!(cluster.unwrap_or_else(|reason| reason));
-    }
+    let body = Readiness {
+        database: database.unwrap_or_else(|reason| reason),
+        cluster: cluster.map(|cluster| cluster.unwrap_or_else(|reason| reason)),
+    };
     let status = if ready {
         StatusCode::OK
     } else {
@@ -166,6 +186,17 @@ fn event_stream(body: axum::body::Body) -> Result<Response, ApiError> {
 
 /// `/metrics`: open to whoever reaches the port, unless `http.metrics_token` is set; then the
 /// scraper sends it as a bearer token.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operators",
+    security((), ("metrics_token" = [])),
+    responses(
+        (status = 200, description = "Every metric, in the OpenMetrics text format", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+        (status = 401, description = "`metrics_unauthorized`: `http.metrics_token` is set and was not sent", body = openapi::ErrorBody),
+    ),
+)]
 async fn metrics(State(state): State<Arc<Operators>>, headers: HeaderMap) -> Response {
     if let Some(token) = &state.metrics_token {
         let given = bearer(&headers).is_some_and(|given| token.matches(given.as_bytes()));
@@ -213,6 +244,7 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// The body of every error answer (documented as [`openapi::ErrorBody`]).
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     code: &'a str,

@@ -36,6 +36,18 @@ pub struct StatusQuery {
 }
 
 /// Serves the page to operators.
+#[utoipa::path(
+    get,
+    path = "/status",
+    operation_id = "statusPage",
+    tag = "operators",
+    security(("client_token" = []), ("client_cookie" = []), ("client_query" = [])),
+    responses(
+        (status = 200, description = "The live status page (a token with the admin claim: `mailpush token --admin`)", content_type = "text/html", body = String),
+        (status = 401, description = "`token_missing`, `token_invalid`, `token_expired`, `token_not_yet_valid`", body = super::openapi::ErrorBody),
+        (status = 403, description = "`not_admin`", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn page(
     State(state): State<Arc<Operators>>,
     headers: HeaderMap,
@@ -57,6 +69,18 @@ pub async fn page(
 }
 
 /// Streams `event: stats` frames until the client leaves or the server drains.
+#[utoipa::path(
+    get,
+    path = "/status/events",
+    operation_id = "statusEvents",
+    tag = "operators",
+    security(("client_token" = []), ("client_cookie" = []), ("client_query" = [])),
+    responses(
+        (status = 200, description = "`event: stats` once a second: totals, gauges and the latest rejected packets", content_type = "text/event-stream", body = String),
+        (status = 401, description = "`token_missing`, `token_invalid`, `token_expired`, `token_not_yet_valid`", body = super::openapi::ErrorBody),
+        (status = 403, description = "`not_admin`", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn events(
     State(state): State<Arc<Operators>>,
     headers: HeaderMap,

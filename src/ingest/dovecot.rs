@@ -41,40 +41,73 @@ use super::{PacketHead, Source};
 use crate::event::{Class, Envelope, Event, Kind, MailboxRef, MailboxType, ParseError};
 use crate::http::{ApiError, bearer};
 
-/// The OX driver's request body (Dovecot 2.3's `push-notification-driver-ox.c`).
-#[derive(Debug, Deserialize)]
+/// The OX driver's request body (Dovecot 2.3's `push-notification-driver-ox.c`). Fields are
+/// read as optional so that a missing one gets its own reason; the document says which are
+/// required.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct OxNotification {
+    /// The Dovecot user name, or the metadata `user=` value with `user_from_metadata`.
+    #[schema(required, value_type = String, min_length = 1)]
     user: Option<String>,
+    /// `messageNew`.
+    #[schema(required, value_type = String, min_length = 1)]
     event: Option<String>,
+    /// `INBOX`.
+    #[schema(required, value_type = String, min_length = 1)]
     folder: Option<String>,
-    #[serde(rename = "imap-uidvalidity")]
+    #[serde(
+        rename = "imap-uidvalidity",
+        default,
+        deserialize_with = "integral::u32"
+    )]
+    #[schema(value_type = Option<u64>, maximum = 4294967295_u64)]
     uidvalidity: Option<u32>,
-    #[serde(rename = "imap-uid")]
+    #[serde(rename = "imap-uid", default, deserialize_with = "integral::u32")]
+    #[schema(value_type = Option<u64>, maximum = 4294967295_u64)]
     uid: Option<u32>,
-    /// The raw `From:` header.
+    /// The raw `From:` header (RFC 2047 words are decoded here).
     from: Option<String>,
     /// The raw `Subject:` header.
     subject: Option<String>,
+    /// INBOX's unseen count: the badge.
+    #[serde(default, deserialize_with = "integral::u64")]
+    #[schema(maximum = 9007199254740991_u64)]
     unseen: Option<u64>,
 }
 
-/// One push transaction as mailpush's Lua script sends it.
-#[derive(Debug, Deserialize)]
+/// One push transaction as mailpush's Lua script (`examples/dovecot/mailpush.lua`) sends it.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct LuaTransaction {
+    /// The format's version: 1.
+    #[serde(default, deserialize_with = "integral::u32")]
+    #[schema(required, value_type = u64, minimum = 1, maximum = 1)]
     v: Option<u32>,
+    /// The Dovecot user name.
+    #[schema(required, value_type = String, min_length = 1)]
     user: Option<String>,
+    /// Dovecot's event tables, in its order.
     #[serde(default)]
     events: Vec<LuaEvent>,
     /// INBOX's unseen count after the transaction, when it touched INBOX.
+    #[serde(default, deserialize_with = "integral::u64")]
+    #[schema(maximum = 9007199254740991_u64)]
     inbox_unseen: Option<u64>,
 }
 
-/// One event table of Dovecot's Lua driver.
-#[derive(Debug, Deserialize)]
+/// One event table of Dovecot's Lua driver (its other fields are kept out).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct LuaEvent {
+    /// `MessageNew`, `FlagsSet`, `MailboxRename`...
+    #[schema(required, value_type = String, min_length = 1)]
     name: Option<String>,
+    /// The folder's full name.
+    #[schema(required, value_type = String, min_length = 1)]
     mailbox: Option<String>,
+    #[serde(default, deserialize_with = "integral::u32")]
+    #[schema(value_type = Option<u64>, maximum = 4294967295_u64)]
     uid: Option<u32>,
+    #[serde(default, deserialize_with = "integral::u32")]
+    #[schema(value_type = Option<u64>, maximum = 4294967295_u64)]
     uid_validity: Option<u32>,
     flags: Option<Vec<String>>,
     keywords: Option<Vec<String>>,
@@ -84,8 +117,45 @@ struct LuaEvent {
     subject: Option<String>,
 }
 
+/// Integers as JSON has them: `3` and `3.0` alike (Lua prints numbers as floats unless told
+/// otherwise; JSON Schema's `integer` takes both), anything fractional or out of range refused.
+mod integral {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn u64<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
+        let Some(number) = Option::<serde_json::Number>::deserialize(de)? else {
+            return Ok(None);
+        };
+        if let Some(value) = number.as_u64() {
+            return Ok(Some(value));
+        }
+        match number.as_f64() {
+            Some(value)
+                if value >= 0.0 && value.fract() == 0.0 && value < 18_446_744_073_709_551_616.0 =>
+            {
+                // Integral and in range: the cast is exact.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                Ok(Some(value as u64))
+            }
+            _ => Err(D::Error::custom(format!(
+                "{number} is not a non-negative integer"
+            ))),
+        }
+    }
+
+    pub fn u32<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u32>, D::Error> {
+        match u64(de)? {
+            None => Ok(None),
+            Some(value) => u32::try_from(value)
+                .map(Some)
+                .map_err(|_| D::Error::custom(format!("{value} is over 4294967295"))),
+        }
+    }
+}
+
 /// What a request came to.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = DovecotAccepted)]
 struct Accepted {
     accepted: usize,
     /// FlagsSet and FlagsClear events with no flags and no keywords: Dovecot's noise.
@@ -97,6 +167,21 @@ static LAST_MODSEQ: AtomicU64 = AtomicU64::new(0);
 
 /// `PUT /ingest/dovecot/ox`: one MessageNew from the OX driver, authenticated with HTTP Basic
 /// (any user name, the ingest secret as password: the driver's `url=http://u:SECRET@…`).
+#[utoipa::path(
+    put,
+    path = "/ingest/dovecot/ox",
+    operation_id = "ingestDovecotOx",
+    tag = "ingest",
+    security(("dovecot_basic" = [])),
+    request_body(content = OxNotification, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Taken", body = Accepted),
+        (status = 400, description = "`invalid_json`, `missing_field`, `missing_event_name`, `number_out_of_range`, `unreadable_body`", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "`ingest_unauthorized`", body = crate::http::openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Basic realm=\"mailpush\"`"))),
+        (status = 403, description = "`ingest_disabled`: `ingest.secret` is not set", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large`", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn ox(State(state): State<Arc<Ingest>>, request: Request) -> Result<Response, ApiError> {
     if let Err(err) = authorize(&state, request.headers(), Credentials::Basic) {
         let mut response = err.into_response();
@@ -120,6 +205,21 @@ pub async fn ox(State(state): State<Arc<Ingest>>, request: Request) -> Result<Re
 
 /// `POST /ingest/dovecot/lua`: one push transaction from mailpush's Lua script, authenticated
 /// with `Authorization: Bearer <ingest secret>`.
+#[utoipa::path(
+    post,
+    path = "/ingest/dovecot/lua",
+    operation_id = "ingestDovecotLua",
+    tag = "ingest",
+    security(("ingest_secret" = [])),
+    request_body(content = LuaTransaction, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Taken: how many events, and how many empty flag changes were dropped", body = Accepted),
+        (status = 400, description = "`invalid_json`, `missing_field`, `missing_event_name`, `number_out_of_range`, `unreadable_body`", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "`ingest_unauthorized`", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "`ingest_disabled`: `ingest.secret` is not set", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large`", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn lua(State(state): State<Arc<Ingest>>, request: Request) -> Result<Response, ApiError> {
     authorize(&state, request.headers(), Credentials::Bearer)?;
     let body = read_body(request).await?;

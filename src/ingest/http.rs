@@ -29,27 +29,94 @@ pub struct Ingest {
     pub secret: Option<Secret>,
 }
 
-#[derive(Serialize)]
+/// Every event was taken.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Accepted {
     accepted: usize,
 }
 
-#[derive(Serialize)]
+/// Some events of a batch were refused; the others were taken.
+#[derive(Serialize, utoipa::ToSchema)]
 struct PartlyRejected {
+    /// `invalid_event`.
     code: &'static str,
     message: String,
     accepted: usize,
     errors: Vec<Rejected>,
 }
 
-#[derive(Serialize)]
+/// Why one event of a batch was refused.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Rejected {
+    /// Its position in the batch.
     index: usize,
+    /// `invalid_json`, `missing_event_name`, `bad_uri`, `number_out_of_range`...
     reason: &'static str,
     message: String,
 }
 
-/// Accepts events over HTTP.
+/// An RFC 5423 event as Cyrus writes it: the fields mailpush reads are described; others are
+/// kept as they are. A field of another type than the one described is ignored, as Cyrus's
+/// own consumers do, rather than refused.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = IngestEvent)]
+#[allow(dead_code)]
+struct EventForm {
+    /// The event type (`MessageNew`, `vnd.cmu.MessageCopy`, `CalendarAlarm`...).
+    #[schema(min_length = 1)]
+    event: String,
+    /// The mailbox's IMAP URL (RFC 5092), whose path names the owner.
+    #[schema(pattern = "^imap://[^/?#]+")]
+    uri: Option<String>,
+    /// The mailbox's MODSEQ after the change.
+    #[schema(maximum = 9007199254740991_u64)]
+    modseq: Option<u64>,
+    #[schema(maximum = 9007199254740991_u64)]
+    messages: Option<u64>,
+    #[serde(rename = "vnd.cmu.unseenMessages")]
+    #[schema(maximum = 9007199254740991_u64)]
+    unseen: Option<u64>,
+    /// `e` mail, `c` calendar, `a` contacts...
+    #[serde(rename = "vnd.cmu.mbtype")]
+    mbtype: Option<String>,
+    /// The acting user (the owner comes from `uri` when there is one).
+    user: Option<String>,
+}
+
+/// A refusal: of a single event (or the whole body), or of part of a batch.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum IngestRefusal {
+    One(crate::http::openapi::ErrorBody),
+    Batch(PartlyRejected),
+}
+
+/// One event, or a batch of them.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum IngestBody {
+    One(EventForm),
+    Many(Vec<EventForm>),
+}
+
+/// Accepts events over HTTP. The answer comes once every job the events made is on disk.
+#[utoipa::path(
+    post,
+    path = "/ingest",
+    operation_id = "ingestEvents",
+    tag = "ingest",
+    security(("ingest_secret" = [])),
+    request_body(content = IngestBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Every event taken", body = Accepted),
+        (status = 400, description = "`invalid_json`, `missing_event_name`, `bad_uri`, `number_out_of_range`, `unreadable_body` for a single event; `invalid_event` (a `PartlyRejected`) for a batch, whose good events were taken", body = IngestRefusal),
+        (status = 401, description = "`ingest_unauthorized`", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "`ingest_disabled`: `ingest.secret` is not set", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large`: over `http.max_body_bytes`", body = crate::http::openapi::ErrorBody),
+    ),
+)]
 pub async fn post(
     State(state): State<Arc<Ingest>>,
     headers: HeaderMap,
