@@ -21,6 +21,7 @@ use hyper_util::service::TowerToHyperService;
 use mailpush::config::ApnsConfig;
 use mailpush::push::PushJob;
 use mailpush::push::apns::ApnsClient;
+use mailpush::push::provider::Client;
 use mailpush::route::PushKind;
 use mailpush::store::{Device, Environment, Platform};
 use tokio::sync::Semaphore;

@@ -14,6 +14,7 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::provider::{Client, Sending, classify};
 use super::{PushJob, SendError, http_client, retry_after};
 use crate::auth::unix_now;
 use crate::config::ApnsConfig;
@@ -56,6 +57,26 @@ struct ErrorBody {
     timestamp: Option<i64>,
 }
 
+/// A client for every `[push.apns.<name>]` section, under its topic.
+pub fn clients(
+    sections: &std::collections::BTreeMap<String, ApnsConfig>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, Box<dyn Client>)>> {
+    let mut clients: Vec<(String, Box<dyn Client>)> = Vec::new();
+    for (name, config) in sections {
+        let client =
+            ApnsClient::new(config, timeout).with_context(|| format!("[push.apns.{name}]"))?;
+        clients.push((client.topic.clone(), Box::new(client)));
+    }
+    Ok(clients)
+}
+
+impl Client for ApnsClient {
+    fn send<'a>(&'a self, job: &'a PushJob) -> Sending<'a> {
+        Box::pin(self.send_job(job))
+    }
+}
+
 impl ApnsClient {
     /// Reads the key and builds the HTTP/2 client.
     pub fn new(config: &ApnsConfig, timeout: Duration) -> anyhow::Result<ApnsClient> {
@@ -79,13 +100,8 @@ impl ApnsClient {
         })
     }
 
-    /// The topic devices register with.
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
     /// Sends one notification and classifies the answer.
-    pub async fn send(&self, job: &PushJob) -> Result<(), SendError> {
+    async fn send_job(&self, job: &PushJob) -> Result<(), SendError> {
         let base = match job.device.environment {
             Environment::Production => &self.production_url,
             Environment::Sandbox => &self.sandbox_url,
@@ -143,6 +159,7 @@ impl ApnsClient {
         Err(self.classify(status, reason, error.timestamp, retry_after))
     }
 
+    /// APNs's own codes; the rest by the shared rule.
     fn classify(
         &self,
         status: StatusCode,
@@ -166,15 +183,7 @@ impl ApnsClient {
                     reason,
                 }
             }
-            (429 | 500 | 503, _) => SendError::Retry {
-                after: retry_after,
-                reason,
-            },
-            (code, _) if code >= 500 => SendError::Retry {
-                after: retry_after,
-                reason,
-            },
-            _ => SendError::Permanent { reason },
+            _ => classify(status, retry_after, reason),
         }
     }
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Mutex;
 
+use super::provider::{Client, Sending, classify};
 use super::{PushJob, SendError, http_client, retry_after};
 use crate::auth::unix_now;
 use crate::config::FcmConfig;
@@ -81,6 +82,26 @@ struct ErrorDetail {
     error_code: Option<String>,
 }
 
+/// A client for every `[push.fcm.<name>]` section, under its app.
+pub fn clients(
+    sections: &std::collections::BTreeMap<String, FcmConfig>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, Box<dyn Client>)>> {
+    let mut clients: Vec<(String, Box<dyn Client>)> = Vec::new();
+    for (name, config) in sections {
+        let client =
+            FcmClient::new(name, config, timeout).with_context(|| format!("[push.fcm.{name}]"))?;
+        clients.push((client.app.clone(), Box::new(client)));
+    }
+    Ok(clients)
+}
+
+impl Client for FcmClient {
+    fn send<'a>(&'a self, job: &'a PushJob) -> Sending<'a> {
+        Box::pin(self.send_job(job))
+    }
+}
+
 impl FcmClient {
     /// Reads the service account and builds the HTTP/2 client. `name` is the config section,
     /// the default `app`.
@@ -106,13 +127,8 @@ impl FcmClient {
         })
     }
 
-    /// The `app` devices register with.
-    pub fn app(&self) -> &str {
-        &self.app
-    }
-
     /// Sends one data message and classifies the answer.
-    pub async fn send(&self, job: &PushJob) -> Result<(), SendError> {
+    async fn send_job(&self, job: &PushJob) -> Result<(), SendError> {
         let token = self.access_token().await?;
         let message = json!({
             "message": {
@@ -174,15 +190,11 @@ impl FcmClient {
                     reason,
                 }
             }
-            ("QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL", _) | (_, 429) => SendError::Retry {
+            ("QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL", _) => SendError::Retry {
                 after: retry_after,
                 reason,
             },
-            (_, code) if code >= 500 => SendError::Retry {
-                after: retry_after,
-                reason,
-            },
-            _ => SendError::Permanent { reason },
+            _ => classify(status, retry_after, reason),
         }
     }
 

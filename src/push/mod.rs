@@ -12,6 +12,7 @@ pub mod apns;
 pub mod breaker;
 pub mod devices;
 pub mod fcm;
+pub mod provider;
 pub mod queue;
 mod sender;
 
@@ -34,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::route::{PushKind, PushRequest};
 use crate::store::{Device, Platform, Store};
 use breaker::Breaker;
+use provider::Client;
 use queue::{Droppable, Overflow, PushQueue};
 
 /// One notification for one device.
@@ -95,87 +97,69 @@ pub struct PushHandle {
     metrics: Arc<Metrics>,
 }
 
-/// The configured provider clients, found by the `app` a device registered with.
+/// The configured provider clients, found by the platform and `app` a device registered
+/// with.
 #[derive(Default)]
 pub struct Providers {
-    apns: HashMap<String, Arc<Provider>>,
-    fcm: HashMap<String, Arc<Provider>>,
+    by_app: HashMap<(Platform, String), Arc<Provider>>,
 }
 
 /// One provider client with its own concurrency limit and breaker.
 pub struct Provider {
-    /// `apns` or `fcm`, a metric label.
+    /// `apns`, `fcm` or `webpush`, a metric label.
     kind: &'static str,
     /// The app (topic) it serves, a metric label.
     app: String,
-    client: Client,
+    client: Box<dyn Client>,
     in_flight: Arc<Semaphore>,
     breaker: Breaker,
 }
 
-enum Client {
-    Apns(apns::ApnsClient),
-    Fcm(fcm::FcmClient),
-    /// Answers from a script and records when it was called: the retry loop under paused time.
-    #[cfg(test)]
-    Scripted(tests::Scripted),
-}
-
 impl Providers {
-    /// Builds a client for every `[push.apns.<name>]` and `[push.fcm.<name>]` section.
+    /// Builds a client for every provider section of the configuration: one line per platform.
     pub fn from_config(config: &PushConfig) -> anyhow::Result<Providers> {
         let timeout = Duration::from_millis(config.request_timeout_ms);
-        let breaker = || {
-            Breaker::new(
-                config.breaker_threshold,
-                Duration::from_millis(config.breaker_cooldown_ms),
-            )
-        };
         let mut providers = Providers::default();
-        for (name, apns) in &config.apns {
-            let client = apns::ApnsClient::new(apns, timeout)
-                .with_context(|| format!("[push.apns.{name}]"))?;
-            let app = client.topic().to_owned();
-            providers.apns.insert(
-                app.clone(),
-                Arc::new(Provider::new(
-                    "apns",
-                    app,
-                    Client::Apns(client),
-                    config.max_in_flight,
-                    breaker(),
-                )),
-            );
-        }
-        for (name, fcm) in &config.fcm {
-            let client = fcm::FcmClient::new(name, fcm, timeout)
-                .with_context(|| format!("[push.fcm.{name}]"))?;
-            let app = client.app().to_owned();
-            providers.fcm.insert(
-                app.clone(),
-                Arc::new(Provider::new(
-                    "fcm",
-                    app,
-                    Client::Fcm(client),
-                    config.max_in_flight,
-                    breaker(),
-                )),
-            );
-        }
-        if providers.apns.is_empty() {
-            tracing::info!("APNs is off: no [push.apns.<name>] section");
-        }
-        if providers.fcm.is_empty() {
-            tracing::info!("FCM is off: no [push.fcm.<name>] section");
-        }
+        providers.add(
+            config,
+            Platform::Apns,
+            apns::clients(&config.apns, timeout)?,
+        );
+        providers.add(config, Platform::Fcm, fcm::clients(&config.fcm, timeout)?);
         Ok(providers)
     }
 
-    fn for_device(&self, device: &Device) -> Option<&Arc<Provider>> {
-        match device.platform {
-            Platform::Apns => self.apns.get(&device.app),
-            Platform::Fcm => self.fcm.get(&device.app),
+    /// Adds one platform's clients, each under the `app` its devices register with.
+    fn add(
+        &mut self,
+        config: &PushConfig,
+        platform: Platform,
+        clients: Vec<(String, Box<dyn Client>)>,
+    ) {
+        if clients.is_empty() {
+            tracing::info!(
+                platform = platform.as_str(),
+                "push provider is off: not configured"
+            );
         }
+        for (app, client) in clients {
+            let breaker = Breaker::new(
+                config.breaker_threshold,
+                Duration::from_millis(config.breaker_cooldown_ms),
+            );
+            let provider = Provider::new(
+                platform.as_str(),
+                app.clone(),
+                client,
+                config.max_in_flight,
+                breaker,
+            );
+            self.by_app.insert((platform, app), Arc::new(provider));
+        }
+    }
+
+    fn for_device(&self, device: &Device) -> Option<&Arc<Provider>> {
+        self.by_app.get(&(device.platform, device.app.clone()))
     }
 }
 
@@ -183,7 +167,7 @@ impl Provider {
     fn new(
         kind: &'static str,
         app: String,
-        client: Client,
+        client: Box<dyn Client>,
         max_in_flight: usize,
         breaker: Breaker,
     ) -> Provider {
@@ -197,12 +181,7 @@ impl Provider {
     }
 
     async fn send(&self, job: &PushJob) -> Result<(), SendError> {
-        match &self.client {
-            Client::Apns(client) => client.send(job).await,
-            Client::Fcm(client) => client.send(job).await,
-            #[cfg(test)]
-            Client::Scripted(client) => client.send(),
-        }
+        self.client.send(job).await
     }
 }
 
@@ -335,10 +314,11 @@ mod tests {
         pub(super) calls: Mutex<Vec<tokio::time::Instant>>,
     }
 
-    impl Scripted {
-        pub(super) fn send(&self) -> Result<(), SendError> {
+    impl Client for Arc<Scripted> {
+        fn send<'a>(&'a self, _job: &'a PushJob) -> provider::Sending<'a> {
             self.calls.lock().unwrap().push(tokio::time::Instant::now());
-            self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()))
+            let answer = self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()));
+            Box::pin(std::future::ready(answer))
         }
     }
 
@@ -357,7 +337,7 @@ mod tests {
             .unwrap();
         // The store's pool runs on real time; everything after this on paused time.
         tokio::time::pause();
-        let scripted = Scripted {
+        let scripted = Arc::new(Scripted {
             answers: Mutex::new(VecDeque::from([
                 retry(),
                 retry(),
@@ -367,7 +347,7 @@ mod tests {
                 Ok(()),
             ])),
             calls: Mutex::new(Vec::new()),
-        };
+        });
         let policy = RetryPolicy {
             max_attempts: 5,
             base: Duration::from_secs(1),
@@ -376,7 +356,7 @@ mod tests {
         let provider = Arc::new(Provider::new(
             "apns",
             "app".into(),
-            Client::Scripted(scripted),
+            Box::new(scripted.clone()),
             1,
             Breaker::new(100, Duration::from_secs(1)),
         ));
@@ -407,9 +387,6 @@ mod tests {
         };
         let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
         delivery.run(permit).await;
-        let Client::Scripted(scripted) = &provider.client else {
-            unreachable!("scripted client")
-        };
         let calls = scripted.calls.lock().unwrap().clone();
         assert_eq!(calls.len(), 5, "five attempts, then given up");
         let gaps: Vec<Duration> = calls.windows(2).map(|pair| pair[1] - pair[0]).collect();
