@@ -76,7 +76,9 @@ async fn main() -> anyhow::Result<()> {
             environment: Environment::Production,
             created_at: 0,
             registered_at: 0,
+            webpush: None,
         },
+        state: Default::default(),
         received_at: Instant::now(),
         kind: PushKind::NewMail {
             from: "Robert Norris".into(),

@@ -32,6 +32,7 @@ use crate::notify::{
     worker::{TemplateReloader, Workers},
 };
 use crate::pipeline::Pipeline;
+use crate::push::webpush::{EndpointPolicy, Vapid};
 use crate::push::{self, DeviceCache, Providers, PushHandle};
 use crate::store::Store;
 use crate::stream::persist::{self, Persistence};
@@ -122,7 +123,8 @@ pub async fn run(
         config.http.max_connections_per_user,
     ));
     let cluster = connect_cluster(&config, &hub, &storage, &metrics).await?;
-    let push = start_push(&config, &storage, &metrics, &tasks)?;
+    let vapid = load_vapid(&config)?;
+    let push = start_push(&config, &storage, vapid.as_ref(), &metrics, &tasks)?;
     let (jobs, jobs_written) = start_notify(&config, &storage, &metrics, &tasks).await?;
     let mut pipeline = Pipeline::new(hub.clone(), push.clone(), jobs, metrics.clone());
     if let Some(cluster) = &cluster {
@@ -167,6 +169,10 @@ pub async fn run(
             store: storage.store.clone(),
             cache: storage.devices.clone(),
             max_per_user: config.push.max_devices_per_user,
+            vapid,
+            endpoints: EndpointPolicy {
+                allow_private: config.push.webpush.allow_private_endpoints,
+            },
         }),
         operators: Arc::new(Operators {
             auth: auth(&metrics),
@@ -235,14 +241,35 @@ async fn connect_cluster(
     Ok(Some(cluster))
 }
 
+/// The VAPID key when Web Push is on (made on first start).
+fn load_vapid(config: &Config) -> anyhow::Result<Option<Arc<Vapid>>> {
+    let webpush = &config.push.webpush;
+    if !webpush.enabled {
+        return Ok(None);
+    }
+    let path = webpush
+        .vapid_key_file
+        .clone()
+        .unwrap_or_else(|| config.storage.data_dir.join("vapid.pem"));
+    let vapid = Vapid::load_or_generate(&path, webpush.subject.clone())?;
+    if webpush.allow_private_endpoints {
+        tracing::warn!(
+            "push.webpush.allow_private_endpoints is on: subscriptions may point at loopback, private and plain-http addresses"
+        );
+    }
+    tracing::info!(key = vapid.public_key(), "Web Push on");
+    Ok(Some(Arc::new(vapid)))
+}
+
 /// Starts the device push senders.
 fn start_push(
     config: &Config,
     storage: &Storage,
+    vapid: Option<&Arc<Vapid>>,
     metrics: &Arc<Metrics>,
     tasks: &Tasks,
 ) -> anyhow::Result<PushHandle> {
-    let providers = Providers::from_config(&config.push)?;
+    let providers = Providers::from_config(config, vapid)?;
     Ok(push::spawn(
         &config.push,
         providers,

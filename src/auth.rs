@@ -6,8 +6,6 @@
 //! configured); RS256/ES256 tokens with the configured public key.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -133,7 +131,7 @@ impl TokenKeys {
 fn load_or_generate_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
     match fs::read_to_string(path) {
         Ok(text) => {
-            warn_if_readable_by_others(path);
+            crate::files::warn_if_readable_by_others(path, "token secret");
             let secret = text.trim();
             anyhow::ensure!(
                 secret.len() >= 16,
@@ -145,40 +143,18 @@ fn load_or_generate_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
     }
-    if let Some(dir) = path.parent() {
-        crate::files::create_private_dir(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-    }
     let mut random = [0u8; 32];
     getrandom::fill(&mut random)
         .map_err(|err| anyhow::anyhow!("no randomness for the token secret: {err}"))?;
     let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let mut file = match fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(file) => file,
+    let created = crate::files::create_secret(path, secret.as_bytes())
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    if !created {
         // Another process created it between our read and create: use theirs.
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-            return load_or_generate_secret(path);
-        }
-        Err(err) => return Err(err).with_context(|| format!("cannot create {}", path.display())),
-    };
-    file.write_all(secret.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        return load_or_generate_secret(path);
+    }
     tracing::info!(path = %path.display(), "generated a new token secret");
     Ok(secret.into_bytes())
-}
-
-fn warn_if_readable_by_others(path: &Path) {
-    if let Ok(meta) = fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(path = %path.display(), "token secret file is readable by group or others; chmod 600 it");
-    }
 }
 
 fn load_public_key(path: &PathBuf) -> anyhow::Result<(DecodingKey, Algorithm)> {
@@ -205,6 +181,8 @@ pub fn unix_now() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
     use crate::config::Secret;
 

@@ -40,6 +40,37 @@ pub fn make_private(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes a new secret (a key, a token secret) to `path` with mode 0600, synced, creating its
+/// folder private too. Returns false, writing nothing, when the file exists already: another
+/// process made it first, and its secret is the one to use.
+pub fn create_secret(path: &Path, contents: &[u8]) -> io::Result<bool> {
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    let mut file = match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(err) => return Err(err),
+    };
+    io::Write::write_all(&mut file, contents)?;
+    file.sync_all()?;
+    Ok(true)
+}
+
+/// Warns when a secret file can be read by group or others.
+pub fn warn_if_readable_by_others(path: &Path, what: &str) {
+    if let Ok(meta) = fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "{what} file is readable by group or others; chmod 600 it");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::notify::JobHandle;
 use crate::notify::spool::Ticket;
 use crate::push::PushHandle;
-use crate::route::{Action, route};
+use crate::route::{Action, PushKind, PushRequest, route};
 use crate::stream::StateHub;
 
 /// What ingest hands events to.
@@ -70,9 +70,17 @@ impl Pipeline {
                 Action::UpdateState { user, change } => {
                     if self.hub.apply(&user, &change) {
                         self.metrics.state_updated();
+                        // For browsers, whose push carries the state (held and merged).
+                        let request = PushRequest {
+                            user,
+                            kind: PushKind::State,
+                        };
+                        self.push.enqueue(request, |user| self.hub.current(user));
                     }
                 }
-                Action::Push(request) => self.push.enqueue(request),
+                Action::Push(request) => {
+                    self.push.enqueue(request, |user| self.hub.current(user));
+                }
                 Action::Job(request) => ticket = self.jobs.enqueue(request).or(ticket),
                 Action::Reminder(reminder) => {
                     let frame = crate::stream::reminder::encode(&reminder);

@@ -149,7 +149,7 @@ async fn bad_registrations_get_400_with_the_reason() {
         ),
         (
             json!({"platform": "apns", "token": "ab".repeat(32)}),
-            "Failed to deserialize",
+            "app: required",
         ),
         (json!([1, 2]), "Failed to deserialize"),
     ];

@@ -386,6 +386,9 @@ async fn a_hung_provider_delays_nothing_else_and_the_queue_stays_bounded() {
         ("MAILPUSH_PUSH__QUEUE_CAPACITY", "50"),
         ("MAILPUSH_PUSH__MAX_IN_FLIGHT", "4"),
         ("MAILPUSH_PUSH__REQUEST_TIMEOUT_MS", "120000"),
+        // The queue is what is under test here, not the per-minute caps.
+        ("MAILPUSH_PUSH__MAX_PER_DEVICE_PER_MINUTE", "100000"),
+        ("MAILPUSH_PUSH__MAX_PER_USER_PER_MINUTE", "100000"),
     ])
     .await;
     setup.register_iphone().await;
@@ -441,4 +444,140 @@ async fn a_display_alarm_alerts_the_phone() {
     );
     assert_eq!(requests[0].headers["apns-priority"], "10");
     assert_eq!(setup.apns.recorder.violations(), Vec::<String>::new());
+}
+
+/// A Cyrus event for alice's INBOX with the given unseen count.
+fn inbox_event(event: &str, modseq: u64, unseen: u64) -> Vec<u8> {
+    let json = format!(
+        r#"{{"event":"{event}","uri":"imap://h/user/alice;UIDVALIDITY=1/;UID={modseq}","modseq":{modseq},"vnd.cmu.mbtype":"e","vnd.cmu.unseenMessages":{unseen},"flagNames":"\\Seen"}}"#
+    );
+    [
+        b"mailpush\0EVENT\0\0\0\x000\0".as_slice(),
+        json.as_bytes(),
+        b"\0",
+    ]
+    .concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_flag_changes_in_two_seconds_make_at_most_two_badge_pushes() {
+    let setup = setup(&[]).await;
+    setup.register_iphone().await;
+    let started = std::time::Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(40));
+    let mut new_mail_sent_at = None;
+    for n in 0..50u64 {
+        ticks.tick().await;
+        let unseen = 100 - n;
+        if n == 25 {
+            new_mail_sent_at = Some(std::time::Instant::now());
+            setup
+                .app
+                .send_datagram(&inbox_event("MessageNew", 1000 + n, unseen));
+        } else {
+            setup
+                .app
+                .send_datagram(&inbox_event("FlagsSet", 1000 + n, unseen));
+        }
+    }
+    let sent_for = started.elapsed();
+    // The last badge (51) arrives one window after the last event.
+    let recorder = setup.apns.recorder.clone();
+    wait_until("the last badge", || async {
+        recorder
+            .received()
+            .last()
+            .is_some_and(|r| r.body == badge(51))
+    })
+    .await;
+    setup
+        .wait_outcome(
+            "apns",
+            common::mock::APNS_TOPIC,
+            "sent",
+            recorder.received().len() as f64,
+        )
+        .await;
+    let requests = setup.apns.recorder.received();
+    let badges: Vec<&Value> = requests
+        .iter()
+        .filter(|r| r.body["aps"].get("alert").is_none())
+        .map(|r| &r.body)
+        .collect();
+    let alerts: Vec<&common::mock::Received> = requests
+        .iter()
+        .filter(|r| r.body["aps"].get("alert").is_some())
+        .collect();
+    assert!(
+        sent_for < Duration::from_millis(2100),
+        "the 50 events took {sent_for:?}"
+    );
+    assert!(
+        badges.len() <= 2,
+        "at most two badge pushes for 49 flag changes: {badges:?}"
+    );
+    assert_eq!(alerts.len(), 1, "{requests:?}");
+    assert_eq!(
+        alerts[0].body["aps"]["badge"], 75,
+        "the new mail carries the badge of its moment"
+    );
+    // "At once": before the window that was open when it came could have closed.
+    let waited = alerts[0].at.duration_since(new_mail_sent_at.unwrap());
+    assert!(
+        waited < Duration::from_secs(1),
+        "the alert waited {waited:?}"
+    );
+    let merged = setup
+        .outcome("apns", common::mock::APNS_TOPIC, "coalesced")
+        .await;
+    assert_eq!(
+        merged + requests.len() as f64,
+        50.0,
+        "every event is sent or merged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_over_the_per_minute_caps_are_dropped_and_counted() {
+    let setup = setup(&[
+        ("MAILPUSH_PUSH__MAX_PER_DEVICE_PER_MINUTE", "3"),
+        ("MAILPUSH_PUSH__MAX_PER_USER_PER_MINUTE", "5"),
+    ])
+    .await;
+    setup.register_iphone().await;
+    setup
+        .register(
+            "alice",
+            json!({"platform": "fcm", "token": ANDROID, "app": ANDROID_APP}),
+        )
+        .await;
+    for n in 0..6u64 {
+        setup
+            .app
+            .send_datagram(&inbox_event("MessageNew", 2000 + n, n + 1));
+    }
+    // Per event the iPhone goes first, then the Android phone. Alice's fifth push is the
+    // iPhone's third; from then on her cap refuses the Android phone, and the iPhone's own cap
+    // refuses the iPhone.
+    let topic = common::mock::APNS_TOPIC;
+    wait_until("every push sent or dropped", || async {
+        setup.outcome("apns", topic, "sent").await
+            + setup.outcome("apns", topic, "dropped_rate_device").await
+            + setup.outcome("fcm", ANDROID_APP, "sent").await
+            + setup.outcome("fcm", ANDROID_APP, "dropped_rate_user").await
+            == 12.0
+    })
+    .await;
+    assert_eq!(setup.outcome("apns", topic, "sent").await, 3.0);
+    assert_eq!(
+        setup.outcome("apns", topic, "dropped_rate_device").await,
+        3.0
+    );
+    assert_eq!(setup.outcome("fcm", ANDROID_APP, "sent").await, 2.0);
+    assert_eq!(
+        setup.outcome("fcm", ANDROID_APP, "dropped_rate_user").await,
+        4.0
+    );
+    assert_eq!(setup.apns.recorder.received().len(), 3);
+    assert_eq!(setup.fcm.recorder.received().len(), 2);
 }

@@ -4,8 +4,8 @@
 use std::str::FromStr;
 
 use mailpush::store::{
-    Claim, DeviceError, Environment, JobState, NewDevice, NewJob, Platform, Store, StoredState,
-    Upserted, UserUpdate,
+    Claim, DeviceError, Environment, JobState, NewDevice, NewJob, PayloadFormat, Platform, Store,
+    StoredState, Upserted, UserUpdate, WebPushKeys,
 };
 use sqlx::postgres::PgConnectOptions;
 
@@ -16,6 +16,7 @@ fn new_device(user: &str, token: &str) -> NewDevice {
         token: token.into(),
         app: "com.example.mail".into(),
         environment: Environment::Sandbox,
+        webpush: None,
     }
 }
 
@@ -114,6 +115,36 @@ async fn contract(store: &Store) {
         Some(alice_fcm)
     );
     assert!(store.all_devices().await.unwrap().is_empty());
+
+    // A Web Push subscription keeps its keys and format; registering it again replaces them.
+    let keys = |p256dh: &str, format| WebPushKeys {
+        p256dh: p256dh.into(),
+        auth: "auth-secret".into(),
+        format,
+    };
+    let endpoint = "https://push.example/send/abc";
+    let subscription = NewDevice {
+        user_id: "alice".into(),
+        platform: Platform::WebPush,
+        token: endpoint.into(),
+        app: "web".into(),
+        environment: Environment::Production,
+        webpush: Some(keys("key-1", PayloadFormat::Legacy)),
+    };
+    assert!(matches!(
+        store.upsert_device(&subscription, 600, 2).await.unwrap(),
+        Upserted::Created(_)
+    ));
+    let again = NewDevice {
+        webpush: Some(keys("key-2", PayloadFormat::Jmap)),
+        ..subscription
+    };
+    store.upsert_device(&again, 700, 2).await.unwrap();
+    let stored = store.all_devices().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].platform, Platform::WebPush);
+    assert_eq!(stored[0].token, endpoint);
+    assert_eq!(stored[0].webpush, Some(keys("key-2", PayloadFormat::Jmap)));
     store.ping().await.unwrap();
 }
 
@@ -325,7 +356,71 @@ async fn sqlite_store_contract() {
     let again = Store::connect(None, &dir.path().join("data/mailpush.db"))
         .await
         .unwrap();
-    assert!(again.all_devices().await.unwrap().is_empty());
+    let kept = again.all_devices().await.unwrap();
+    assert_eq!(kept.len(), 1, "the Web Push subscription, with its keys");
+    assert!(kept[0].webpush.is_some());
+}
+
+/// Migration 0005 rebuilds SQLite's `devices` table (a CHECK cannot be altered): the devices
+/// registered before it are all still there afterwards, with their ids.
+#[tokio::test]
+async fn sqlite_devices_survive_the_web_push_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = dir.path().join("before-0005");
+    std::fs::create_dir(&before).unwrap();
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for entry in std::fs::read_dir(&migrations).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() < "0005" {
+            std::fs::copy(&path, before.join(name)).unwrap();
+        }
+    }
+    let file = dir.path().join("mailpush.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&file)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::migrate::Migrator::new(before.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    for (user, token) in [("alice", "aa"), ("bob", "bb")] {
+        sqlx::query(
+            "INSERT INTO devices (user_id, platform, token, app, environment, created_at, registered_at) \
+             VALUES ($1, 'apns', $2, 'com.example.mail', 'sandbox', 1, 2)",
+        )
+        .bind(user)
+        .bind(token)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+
+    let store = Store::connect(None, &file).await.unwrap();
+    let devices = store.all_devices().await.unwrap();
+    let kept: Vec<(i64, &str, &str)> = devices
+        .iter()
+        .map(|d| (d.id, d.user_id.as_str(), d.token.as_str()))
+        .collect();
+    assert_eq!(kept, vec![(1, "alice", "aa"), (2, "bob", "bb")]);
+    assert!(
+        devices
+            .iter()
+            .all(|d| d.webpush.is_none() && d.environment == Environment::Sandbox)
+    );
+    // New rows take ids after the old ones.
+    let Upserted::Created(next) = store
+        .upsert_device(&new_device("carol", "cc"), 3, 5)
+        .await
+        .unwrap()
+    else {
+        panic!("a new device")
+    };
+    assert_eq!(next.id, 3);
 }
 
 #[tokio::test]

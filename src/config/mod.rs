@@ -172,10 +172,40 @@ pub struct PushConfig {
     pub breaker_threshold: u32,
     /// How long a tripped provider is left alone before one probe request.
     pub breaker_cooldown_ms: u64,
+    /// How long badge-only and data updates for a device are held and merged (newest wins)
+    /// before one is sent; 0 sends each at once. New-mail alerts are never held.
+    pub coalesce_ms: u64,
+    /// Pushes one device may be sent per minute; more are dropped and counted.
+    pub max_per_device_per_minute: u32,
+    /// Pushes one user may cause per minute, over all their devices; more are dropped and
+    /// counted.
+    pub max_per_user_per_minute: u32,
     /// APNs apps by name: `[push.apns.<name>]`.
     pub apns: BTreeMap<String, ApnsConfig>,
     /// FCM apps by name: `[push.fcm.<name>]`.
     pub fcm: BTreeMap<String, FcmConfig>,
+    /// Browsers' push services: `[push.webpush]`.
+    pub webpush: WebPushConfig,
+}
+
+/// Web Push (RFC 8030) with VAPID (RFC 8292): browsers subscribe with mailpush's public key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebPushConfig {
+    /// Accepts `webpush` registrations and pushes to them.
+    pub enabled: bool,
+    /// The VAPID `sub` claim: a `mailto:` or `https:` contact the push service can reach
+    /// (Apple's refuses tokens without one). Required when enabled.
+    pub subject: Option<String>,
+    /// The VAPID key pair (PKCS#8 P-256 PEM), generated when missing. Every subscription is
+    /// bound to it: losing or changing it breaks them all. Default: `<data_dir>/vapid.pem`; a
+    /// cluster's nodes must all be given the same file.
+    pub vapid_key_file: Option<PathBuf>,
+    /// How long a push service keeps a message for a browser that is offline, in seconds.
+    pub ttl_secs: u32,
+    /// Accepts endpoints on loopback and private addresses, and plain `http` ones: for tests
+    /// and push services on a private network. Off, such registrations are refused (SSRF).
+    pub allow_private_endpoints: bool,
 }
 
 /// One APNs app (topic) with its token key.
@@ -369,8 +399,24 @@ impl Default for PushConfig {
             retry_base_ms: 1_000,
             breaker_threshold: 10,
             breaker_cooldown_ms: 30_000,
+            coalesce_ms: 1_000,
+            max_per_device_per_minute: 60,
+            max_per_user_per_minute: 120,
             apns: BTreeMap::new(),
             fcm: BTreeMap::new(),
+            webpush: WebPushConfig::default(),
+        }
+    }
+}
+
+impl Default for WebPushConfig {
+    fn default() -> Self {
+        WebPushConfig {
+            enabled: false,
+            subject: None,
+            vapid_key_file: None,
+            ttl_secs: 86_400,
+            allow_private_endpoints: false,
         }
     }
 }

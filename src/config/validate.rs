@@ -149,6 +149,14 @@ impl Config {
             ("push.request_timeout_ms", push.request_timeout_ms),
             ("push.max_attempts", u64::from(push.max_attempts)),
             ("push.breaker_threshold", u64::from(push.breaker_threshold)),
+            (
+                "push.max_per_device_per_minute",
+                u64::from(push.max_per_device_per_minute),
+            ),
+            (
+                "push.max_per_user_per_minute",
+                u64::from(push.max_per_user_per_minute),
+            ),
         ] {
             if value == 0 {
                 return fail(key, "must be at least 1");
@@ -175,6 +183,22 @@ impl Config {
                 return fail(
                     &format!("push.apns.{name}.{key}"),
                     "must be the 10-character id from Apple",
+                );
+            }
+        }
+        let webpush = &push.webpush;
+        if webpush.enabled {
+            let subject = webpush.subject.as_deref().unwrap_or("");
+            if !(subject.starts_with("mailto:") || subject.starts_with("https://")) {
+                return fail(
+                    "push.webpush.subject",
+                    "must be a mailto: or https: contact for push services (required with Web Push on)",
+                );
+            }
+            if self.cluster.enabled() && webpush.vapid_key_file.is_none() {
+                return fail(
+                    "push.webpush.vapid_key_file",
+                    "must be set in a cluster: every node signs with the same VAPID key",
                 );
             }
         }
@@ -340,6 +364,37 @@ mod tests {
             None,
             &[("MAILPUSH_INGEST__CYRUS_SOCKET", &"x".repeat(120))],
             "ingest.cyrus_socket",
+        );
+    }
+
+    #[test]
+    fn web_push_needs_a_contact_and_in_a_cluster_a_shared_key() {
+        const ON: (&str, &str) = ("MAILPUSH_PUSH__WEBPUSH__ENABLED", "true");
+        check_err(None, &[ON], "push.webpush.subject");
+        check_err(
+            None,
+            &[ON, ("MAILPUSH_PUSH__WEBPUSH__SUBJECT", "ops@example.com")],
+            "push.webpush.subject",
+        );
+        const SUBJECT: (&str, &str) = ("MAILPUSH_PUSH__WEBPUSH__SUBJECT", "mailto:ops@example.com");
+        assert!(Config::load(None, env(&[ON, SUBJECT])).is_ok());
+        let cluster = [
+            ON,
+            SUBJECT,
+            ("MAILPUSH_DATABASE__URL", "postgres://db/mailpush"),
+            ("MAILPUSH_CLUSTER__NATS_URL", "nats://127.0.0.1:4222"),
+        ];
+        check_err(None, &cluster, "push.webpush.vapid_key_file");
+        let mut shared = cluster.to_vec();
+        shared.push((
+            "MAILPUSH_PUSH__WEBPUSH__VAPID_KEY_FILE",
+            "/etc/mailpush/vapid.pem",
+        ));
+        assert!(Config::load(None, env(&shared)).is_ok());
+        check_err(
+            None,
+            &[("MAILPUSH_PUSH__MAX_PER_DEVICE_PER_MINUTE", "0")],
+            "push.max_per_device_per_minute",
         );
     }
 

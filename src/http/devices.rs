@@ -1,6 +1,7 @@
 //! `POST /devices`, `GET /devices`, `DELETE /devices/{id}`: a user's apps register their push
-//! tokens. Authenticated by the same client tokens as the streams; a user only ever sees and
-//! deletes their own devices.
+//! tokens, and browsers their Web Push subscriptions. Authenticated by the same client tokens
+//! as the streams; a user only ever sees and deletes their own devices.
+//! `GET /webpush/vapid-public-key` gives browsers the key to subscribe with.
 
 use std::sync::Arc;
 
@@ -14,7 +15,10 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, Auth};
 use crate::auth::unix_now;
 use crate::push::DeviceCache;
-use crate::store::{Device, DeviceError, Environment, NewDevice, Platform, Store, Upserted};
+use crate::push::webpush::{self, EndpointPolicy, Vapid};
+use crate::store::{
+    Device, DeviceError, Environment, NewDevice, PayloadFormat, Platform, Store, Upserted,
+};
 
 /// What the device handlers use.
 pub struct Devices {
@@ -26,16 +30,35 @@ pub struct Devices {
     pub cache: Arc<DeviceCache>,
     /// Devices one user may register.
     pub max_per_user: usize,
+    /// The VAPID key when Web Push is on; registrations for it are refused otherwise.
+    pub vapid: Option<Arc<Vapid>>,
+    /// Which Web Push endpoints may be registered.
+    pub endpoints: EndpointPolicy,
 }
 
 /// A registration as apps send it (read loosely here, then checked by [`validate`]; the
 /// OpenAPI document gives its exact form per platform as [`RegistrationForm`]).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct Registration {
     platform: String,
-    token: String,
-    app: String,
+    token: Option<String>,
+    app: Option<String>,
     environment: Option<String>,
+    /// Web Push: `PushSubscription.toJSON()`'s fields, and the payload wanted.
+    endpoint: Option<String>,
+    keys: Option<SubscriptionKeys>,
+    format: Option<String>,
+}
+
+/// `PushSubscription.toJSON().keys`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct SubscriptionKeys {
+    /// The browser's P-256 ECDH public key: 65 bytes, uncompressed, base64url.
+    #[schema(pattern = "^[A-Za-z0-9_+/-]{86,87}={0,2}$")]
+    p256dh: String,
+    /// The 16-byte authentication secret, base64url.
+    #[schema(pattern = "^[A-Za-z0-9_+/-]{22}={0,2}$")]
+    auth: String,
 }
 
 /// A registration, as [`validate`] accepts it.
@@ -46,6 +69,42 @@ pub struct Registration {
 enum RegistrationForm {
     Apns(ApnsRegistration),
     Fcm(FcmRegistration),
+    WebPush(WebPushRegistration),
+}
+
+/// A browser's Web Push subscription (`PushSubscription.toJSON()` plus `platform`), made with
+/// the key of `GET /webpush/vapid-public-key`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase")]
+struct WebPushRegistration {
+    #[schema(inline)]
+    platform: WebPushPlatform,
+    /// The push service's URL for this subscription: `https`, on a public address.
+    #[schema(max_length = 2048, pattern = "^https?://[^/?#@]+")]
+    endpoint: String,
+    keys: SubscriptionKeys,
+    /// `legacy` (the default): the `/events` document with `unseen` and `alert`; `jmap`: an
+    /// RFC 8620 StateChange.
+    #[schema(inline)]
+    format: Option<WebPushFormat>,
+    /// As the browser gives it; not used.
+    expiration_time: Option<i64>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum WebPushPlatform {
+    Webpush,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum WebPushFormat {
+    Legacy,
+    Jmap,
 }
 
 /// An iPhone's APNs device token.
@@ -116,8 +175,9 @@ enum FcmEnvironment {
 #[schema(as = Device)]
 struct DeviceBody<'a> {
     id: i64,
-    /// `apns` or `fcm`.
+    /// `apns`, `fcm` or `webpush`.
     platform: &'static str,
+    /// The APNs or FCM token, or the Web Push endpoint.
     token: &'a str,
     app: &'a str,
     /// `production` or `sandbox`.
@@ -126,6 +186,21 @@ struct DeviceBody<'a> {
     created_at: i64,
     /// When it was last registered again.
     registered_at: i64,
+    /// Web Push only: `legacy` or `jmap`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<&'static str>,
+}
+
+/// The key browsers subscribe with (`applicationServerKey`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct VapidKey<'a> {
+    /// The VAPID public key: a 65-byte uncompressed P-256 point, base64url.
+    application_server_key: &'a str,
+    /// The same key as a JMAP session capability (RFC 9749), for servers that put it in
+    /// their session object.
+    #[schema(value_type = Object)]
+    capabilities: serde_json::Value,
 }
 
 /// The caller's devices.
@@ -151,7 +226,7 @@ const MAX_APP: usize = 255;
     responses(
         (status = 201, description = "Registered", body = DeviceBody, headers(("Location" = String, description = "`/devices/<id>`"))),
         (status = 200, description = "Known already: its registration time is refreshed (and a token moves to this user)", body = DeviceBody, headers(("Location" = String, description = "`/devices/<id>`"))),
-        (status = 400, description = "`invalid_device`, with what is wrong", body = super::openapi::ErrorBody),
+        (status = 400, description = "`invalid_device`, with what is wrong (for Web Push also an endpoint that is not `https` or not on a public address)", body = super::openapi::ErrorBody),
         (status = 401, description = "`token_missing`, `token_invalid`, `token_expired`, `token_not_yet_valid`", body = super::openapi::ErrorBody),
         (status = 409, description = "`too_many_devices`: `push.max_devices_per_user` reached", body = super::openapi::ErrorBody),
         (status = 413, description = "`body_too_large`", body = super::openapi::ErrorBody),
@@ -167,7 +242,12 @@ pub async fn register(
         axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
         _ => invalid(rejection.body_text()),
     })?;
-    let new = validate(user, registration).map_err(invalid)?;
+    let new = if registration.platform == Platform::WebPush.as_str() {
+        validate_webpush(user, registration, &state).await
+    } else {
+        validate(user, registration)
+    }
+    .map_err(invalid)?;
     let upserted = state
         .store
         .upsert_device(&new, to_i64(unix_now()), state.max_per_user)
@@ -259,14 +339,76 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Checks a registration and normalises the token (APNs hex to lowercase).
+/// The VAPID public key, for `PushManager.subscribe({applicationServerKey})`.
+#[utoipa::path(
+    get,
+    path = "/webpush/vapid-public-key",
+    operation_id = "vapidPublicKey",
+    tag = "devices",
+    security(()),
+    responses(
+        (status = 200, description = "The key", body = VapidKey),
+        (status = 404, description = "`webpush_off`: `push.webpush.enabled` is false", body = super::openapi::ErrorBody),
+    ),
+)]
+pub async fn vapid_public_key(State(state): State<Arc<Devices>>) -> Result<Response, ApiError> {
+    let vapid = state.vapid.as_ref().ok_or_else(|| ApiError::NotFound {
+        code: "webpush_off",
+        message: "Web Push is not enabled on this server".into(),
+    })?;
+    let key = vapid.public_key();
+    Ok(Json(VapidKey {
+        application_server_key: key,
+        capabilities: serde_json::json!({
+            "urn:ietf:params:jmap:webpush-vapid": {"applicationServerKey": key}
+        }),
+    })
+    .into_response())
+}
+
+/// Checks a Web Push subscription: its keys, its format, and that its endpoint is one we may
+/// reach (a name lookup, hence async).
+async fn validate_webpush(
+    user: String,
+    registration: Registration,
+    state: &Devices,
+) -> Result<NewDevice, String> {
+    if state.vapid.is_none() {
+        return Err("platform: Web Push is not enabled on this server".into());
+    }
+    let format = match registration.format.as_deref() {
+        None => PayloadFormat::Legacy,
+        Some(name) => PayloadFormat::parse(name)
+            .ok_or_else(|| format!("format must be \"legacy\" or \"jmap\", not {name:?}"))?,
+    };
+    let keys = registration
+        .keys
+        .ok_or("keys: required, with p256dh and auth (PushSubscription.toJSON())")?;
+    let keys = webpush::check_keys(&keys.p256dh, &keys.auth, format)?;
+    let endpoint = registration
+        .endpoint
+        .ok_or("endpoint: required (PushSubscription.endpoint)")?;
+    state.endpoints.check(&endpoint).await?;
+    Ok(NewDevice {
+        user_id: user,
+        platform: Platform::WebPush,
+        token: endpoint,
+        app: webpush::APP.into(),
+        environment: Environment::Production,
+        webpush: Some(keys),
+    })
+}
+
+/// Checks an APNs or FCM registration and normalises the token (APNs hex to lowercase).
 fn validate(user: String, registration: Registration) -> Result<NewDevice, String> {
     let platform = Platform::parse(&registration.platform).ok_or_else(|| {
         format!(
-            "platform must be \"apns\" or \"fcm\", not {:?}",
+            "platform must be \"apns\", \"fcm\" or \"webpush\", not {:?}",
             registration.platform
         )
     })?;
+    let token = registration.token.ok_or("token: required")?;
+    let app = registration.app.ok_or("app: required")?;
     let environment = match registration.environment.as_deref() {
         None => Environment::Production,
         Some(name) => Environment::parse(name).ok_or_else(|| {
@@ -275,7 +417,7 @@ fn validate(user: String, registration: Registration) -> Result<NewDevice, Strin
     };
     let token = match platform {
         Platform::Apns => {
-            let token = registration.token.to_ascii_lowercase();
+            let token = token.to_ascii_lowercase();
             if !APNS_TOKEN_HEX.contains(&token.len())
                 || !token.len().is_multiple_of(2)
                 || !token.bytes().all(|b| b.is_ascii_hexdigit())
@@ -291,7 +433,6 @@ fn validate(user: String, registration: Registration) -> Result<NewDevice, Strin
             if environment == Environment::Sandbox {
                 return Err("environment: sandbox applies to APNs tokens only".into());
             }
-            let token = registration.token;
             if token.is_empty()
                 || token.len() > MAX_FCM_TOKEN
                 || !token.bytes().all(|b| b.is_ascii_graphic())
@@ -302,8 +443,8 @@ fn validate(user: String, registration: Registration) -> Result<NewDevice, Strin
             }
             token
         }
+        Platform::WebPush => return Err("platform: webpush takes endpoint and keys".into()),
     };
-    let app = registration.app;
     if app.is_empty() || app.len() > MAX_APP || !app.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(format!(
             "app: the APNs topic or FCM app is 1 to {MAX_APP} visible ASCII characters"
@@ -315,6 +456,7 @@ fn validate(user: String, registration: Registration) -> Result<NewDevice, Strin
         token,
         app,
         environment,
+        webpush: None,
     })
 }
 
@@ -334,6 +476,7 @@ fn body_of(device: &Device) -> DeviceBody<'_> {
         environment: device.environment.as_str(),
         created_at: device.created_at,
         registered_at: device.registered_at,
+        format: device.webpush.as_ref().map(|keys| keys.format.as_str()),
     }
 }
 
@@ -354,9 +497,10 @@ mod tests {
     ) {
         let registration = Registration {
             platform: platform.into(),
-            token: token.into(),
-            app: app.into(),
+            token: Some(token.into()),
+            app: Some(app.into()),
             environment: environment.map(Into::into),
+            ..Registration::default()
         };
         let got = validate("alice".into(), registration);
         match expect {

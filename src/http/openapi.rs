@@ -64,6 +64,7 @@ pub enum ErrorCode {
     InvalidDevice,
     TooManyDevices,
     DeviceNotFound,
+    WebpushOff,
     IngestDisabled,
     IngestUnauthorized,
     UnreadableBody,
@@ -135,6 +136,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::ingest::dovecot::lua))
         .routes(routes!(super::devices::register, super::devices::list))
         .routes(routes!(super::devices::delete))
+        .routes(routes!(super::devices::vapid_public_key))
         .routes(routes!(super::healthz))
         .routes(routes!(super::readyz))
         .routes(routes!(super::metrics))

@@ -252,7 +252,7 @@ impl Metrics {
         let pushes = Family::<PushLabels, Counter>::default();
         registry.register(
             "pushes",
-            "Device pushes by provider, app and outcome (sent, retried, failed, token_removed, dropped_*)",
+            "Device pushes by provider, app and outcome (sent, retried, failed, token_removed, coalesced, dropped_*: alert, badge, rate_device, rate_user)",
             pushes.clone(),
         );
         let push_queue = Gauge::default();

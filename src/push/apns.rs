@@ -14,8 +14,8 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::provider::{Client, Sending, classify};
-use super::{PushJob, SendError, http_client, retry_after};
+use super::provider::{self, Client, Refusal, Sending, classify};
+use super::{PushJob, SendError, http_client};
 use crate::auth::unix_now;
 use crate::config::ApnsConfig;
 use crate::route::PushKind;
@@ -121,6 +121,11 @@ impl ApnsClient {
                 "5",
                 BADGE_EXPIRY_SECS,
             ),
+            PushKind::State => {
+                return Err(SendError::Permanent {
+                    reason: "APNs takes no state-only pushes".into(),
+                });
+            }
             PushKind::Reminder { summary, start } => {
                 let when = crate::notify::render::ical_when(start, "en");
                 let body = json!({"aps": {"alert": format!("{summary}\n{when}"), "sound": "default"}, "account": job.user});
@@ -141,16 +146,14 @@ impl ApnsClient {
             // Only the newest badge matters; a newer one replaces an undelivered older one.
             request = request.header("apns-collapse-id", "badge");
         }
-        let response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(SendError::from_transport)?;
-        let status = response.status();
-        if status.is_success() {
+        let Some(Refusal {
+            status,
+            retry_after,
+            response,
+        }) = provider::post(request.body(body)).await?
+        else {
             return Ok(());
-        }
-        let retry_after = retry_after(response.headers());
+        };
         let error: ErrorBody = response.json().await.unwrap_or(ErrorBody {
             reason: None,
             timestamp: None,

@@ -160,6 +160,7 @@ mod tests {
             environment: Environment::Production,
             created_at: 1,
             registered_at: 1,
+            webpush: None,
         }
     }
 

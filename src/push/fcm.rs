@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use super::provider::{Client, Sending, classify};
-use super::{PushJob, SendError, http_client, retry_after};
+use super::provider::{self, Client, Refusal, Sending, classify};
+use super::{PushJob, SendError, http_client};
 use crate::auth::unix_now;
 use crate::config::FcmConfig;
 
@@ -137,19 +137,15 @@ impl FcmClient {
                 "android": {"priority": "HIGH", "collapse_key": "mail"},
             }
         });
-        let response = self
-            .http
-            .post(&self.send_url)
-            .bearer_auth(&token)
-            .json(&message)
-            .send()
-            .await
-            .map_err(SendError::from_transport)?;
-        let status = response.status();
-        if status.is_success() {
+        let request = self.http.post(&self.send_url).bearer_auth(&token);
+        let Some(Refusal {
+            status,
+            retry_after,
+            response,
+        }) = provider::post(request.json(&message)).await?
+        else {
             return Ok(());
-        }
-        let retry_after = retry_after(response.headers());
+        };
         let body: ErrorBody = response.json().await.unwrap_or_default();
         Err(self.classify(status, body.error, retry_after).await)
     }

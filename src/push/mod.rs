@@ -1,8 +1,10 @@
-//! Device pushes on the non-blocking path: APNs ([`apns`]) and FCM v1 ([`fcm`]).
+//! Device pushes on the non-blocking path: APNs ([`apns`]), FCM v1 ([`fcm`]) and Web Push
+//! ([`webpush`]), each a [`provider::Client`].
 //!
 //! `route` decides what to push; [`PushHandle::enqueue`] turns it into one job per registered
-//! device (found in the in-memory [`DeviceCache`], never the database) and puts the jobs on a
-//! bounded [`queue`] without waiting. A sender task takes jobs off the queue and runs each
+//! device (found in the in-memory [`DeviceCache`], never the database). Badge and state
+//! updates are held and merged per device ([`coalesce`]); what is sent passes the per-minute
+//! caps ([`limits`]) and goes on a bounded [`queue`] without waiting. A sender task takes jobs off the queue and runs each
 //! delivery as its own task, at most `max_in_flight` per provider, retrying with exponential
 //! backoff and jitter. A provider that keeps failing trips its circuit [`breaker`] and is left
 //! alone for a while. A dead token is removed from the store and the cache. Nothing here can
@@ -10,11 +12,14 @@
 
 pub mod apns;
 pub mod breaker;
+pub mod coalesce;
 pub mod devices;
 pub mod fcm;
+pub mod limits;
 pub mod provider;
 pub mod queue;
 mod sender;
+pub mod webpush;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,11 +35,14 @@ pub use crate::backoff::RetryPolicy;
 pub use devices::DeviceCache;
 
 use crate::backoff::random_u64;
-use crate::config::PushConfig;
+use crate::config::{Config, PushConfig};
 use crate::metrics::Metrics;
 use crate::route::{PushKind, PushRequest};
 use crate::store::{Device, Platform, Store};
+use crate::stream::UserState;
 use breaker::Breaker;
+use coalesce::Coalescer;
+use limits::RateLimits;
 use provider::Client;
 use queue::{Droppable, Overflow, PushQueue};
 
@@ -46,6 +54,8 @@ pub struct PushJob {
     pub user: String,
     pub device: Device,
     pub kind: PushKind,
+    /// The user's state when it was made, for payloads that carry it (Web Push).
+    pub state: UserState,
     /// When the event that caused it was dispatched, for the push latency.
     pub received_at: std::time::Instant,
 }
@@ -84,7 +94,7 @@ impl SendError {
 
 impl Droppable for PushJob {
     fn is_alert(&self) -> bool {
-        !matches!(self.kind, PushKind::Badge { .. })
+        self.kind.is_alert()
     }
 }
 
@@ -92,6 +102,8 @@ impl Droppable for PushJob {
 #[derive(Clone)]
 pub struct PushHandle {
     queue: Arc<PushQueue<PushJob>>,
+    coalescer: Arc<Coalescer>,
+    limits: Arc<RateLimits>,
     devices: Arc<DeviceCache>,
     providers: Arc<Providers>,
     metrics: Arc<Metrics>,
@@ -117,15 +129,19 @@ pub struct Provider {
 
 impl Providers {
     /// Builds a client for every provider section of the configuration: one line per platform.
-    pub fn from_config(config: &PushConfig) -> anyhow::Result<Providers> {
-        let timeout = Duration::from_millis(config.request_timeout_ms);
+    /// `vapid` is the Web Push key, loaded when `push.webpush` is on.
+    pub fn from_config(
+        config: &Config,
+        vapid: Option<&Arc<webpush::Vapid>>,
+    ) -> anyhow::Result<Providers> {
+        let push = &config.push;
+        let timeout = Duration::from_millis(push.request_timeout_ms);
+        let jmap_ids = config.jmap.id_scheme;
         let mut providers = Providers::default();
-        providers.add(
-            config,
-            Platform::Apns,
-            apns::clients(&config.apns, timeout)?,
-        );
-        providers.add(config, Platform::Fcm, fcm::clients(&config.fcm, timeout)?);
+        providers.add(push, Platform::Apns, apns::clients(&push.apns, timeout)?);
+        providers.add(push, Platform::Fcm, fcm::clients(&push.fcm, timeout)?);
+        let web = webpush::clients(&push.webpush, vapid, jmap_ids, timeout)?;
+        providers.add(push, Platform::WebPush, web);
         Ok(providers)
     }
 
@@ -186,32 +202,71 @@ impl Provider {
 }
 
 impl PushHandle {
-    /// Queues the push for each of the user's devices that has a provider. Never waits.
-    pub fn enqueue(&self, request: PushRequest) {
-        for device in self.devices.devices_of(&request.user) {
+    /// Makes the push for each of the user's devices whose provider takes it; `state` gives
+    /// the user's state after the event (asked only when the user has a device). Alerts are
+    /// queued at once, updates held to be merged. Never waits.
+    pub fn enqueue(&self, request: PushRequest, state: impl FnOnce(&str) -> UserState) {
+        let devices = self.devices.devices_of(&request.user);
+        if devices.is_empty() {
+            return;
+        }
+        let state = state(&request.user);
+        let now = tokio::time::Instant::now();
+        for device in devices {
             let Some(provider) = self.providers.for_device(&device) else {
-                self.metrics
-                    .push_outcome(device.platform.as_str(), "-", "no_provider");
+                if !matches!(request.kind, PushKind::State) {
+                    self.metrics
+                        .push_outcome(device.platform.as_str(), "-", "no_provider");
+                }
                 continue;
             };
+            if !provider.client.takes(&request.kind) {
+                continue;
+            }
             let job = PushJob {
                 received_at: std::time::Instant::now(),
                 id: uuid_v4(),
                 user: request.user.clone(),
                 kind: request.kind.clone(),
+                state,
                 device,
             };
-            if let Overflow::Dropped(dropped) = self.queue.push(job) {
-                let what = if dropped.is_alert() {
-                    "dropped_alert"
-                } else {
-                    "dropped_badge"
-                };
+            let offered = self.coalescer.offer(job, now);
+            if offered.superseded.is_some() {
                 self.metrics
-                    .push_outcome(provider.kind, &provider.app, what);
-                tracing::warn!(push = %dropped.id, user = %dropped.user, "push queue full: dropped");
+                    .push_outcome(provider.kind, &provider.app, "coalesced");
+            }
+            if let Some(job) = offered.send {
+                self.submit(job);
             }
         }
+    }
+
+    /// Queues a push that is due, within the per-minute caps.
+    fn submit(&self, job: PushJob) {
+        let provider = job.device.platform.as_str();
+        let now = tokio::time::Instant::now();
+        if let Err(refused) = self.limits.admit(&job.user, job.device.id, now) {
+            self.metrics
+                .push_outcome(provider, &job.device.app, refused.outcome());
+            tracing::debug!(push = %job.id, user = %job.user, device = job.device.id, cap = refused.outcome(), "push over the per-minute cap: dropped");
+            return;
+        }
+        if let Overflow::Dropped(dropped) = self.queue.push(job) {
+            let what = if dropped.is_alert() {
+                "dropped_alert"
+            } else {
+                "dropped_badge"
+            };
+            self.metrics
+                .push_outcome(dropped.device.platform.as_str(), &dropped.device.app, what);
+            tracing::warn!(push = %dropped.id, user = %dropped.user, "push queue full: dropped");
+        }
+    }
+
+    /// Badge and state updates held to be merged.
+    pub fn held(&self) -> usize {
+        self.coalescer.len()
     }
 
     /// Pushes waiting for a sender.
@@ -220,7 +275,8 @@ impl PushHandle {
     }
 }
 
-/// Starts the sender task; returns the handle ingest pushes through.
+/// Starts the sender task and the coalescer's flusher; returns the handle ingest pushes
+/// through.
 pub fn spawn(
     config: &PushConfig,
     providers: Providers,
@@ -232,6 +288,11 @@ pub fn spawn(
 ) -> PushHandle {
     let handle = PushHandle {
         queue: Arc::new(PushQueue::new(config.queue_capacity)),
+        coalescer: Arc::new(Coalescer::new(Duration::from_millis(config.coalesce_ms))),
+        limits: Arc::new(RateLimits::new(
+            config.max_per_device_per_minute,
+            config.max_per_user_per_minute,
+        )),
         devices,
         providers: Arc::new(providers),
         metrics,
@@ -246,9 +307,16 @@ pub fn spawn(
         store,
         policy,
         tracker: tracker.clone(),
-        shutdown,
+        shutdown: shutdown.clone(),
     };
     tracker.spawn(sender.run());
+    let flusher = handle.clone();
+    tracker.spawn(async move {
+        let coalescer = flusher.coalescer.clone();
+        coalescer
+            .run(move |job| flusher.submit(job), shutdown)
+            .await;
+    });
     handle
 }
 
@@ -369,6 +437,7 @@ mod tests {
             environment: Environment::Production,
             created_at: 0,
             registered_at: 0,
+            webpush: None,
         };
         let delivery = sender::Delivery {
             job: PushJob {
@@ -376,6 +445,7 @@ mod tests {
                 user: "alice".into(),
                 device,
                 kind: PushKind::Badge { unseen: 1 },
+                state: UserState::default(),
                 received_at: std::time::Instant::now(),
             },
             provider: provider.clone(),

@@ -13,6 +13,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 
 use super::{PushJob, SendError};
+use crate::route::PushKind;
 
 /// What a [`Client::send`] returns.
 pub type Sending<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
@@ -21,6 +22,35 @@ pub type Sending<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send
 pub trait Client: Send + Sync {
     /// Sends one job and classifies the answer.
     fn send<'a>(&'a self, job: &'a PushJob) -> Sending<'a>;
+
+    /// Whether pushes of this kind go to its devices at all. Phones get alerts and badges;
+    /// a state-only change is for clients with no app of their own to sync (browsers).
+    fn takes(&self, kind: &PushKind) -> bool {
+        !matches!(kind, PushKind::State)
+    }
+}
+
+/// A provider's answer that was not a success, for the provider to read its own codes from.
+pub struct Refusal {
+    pub status: StatusCode,
+    /// The provider's `Retry-After`, in seconds.
+    pub retry_after: Option<Duration>,
+    pub response: reqwest::Response,
+}
+
+/// Sends a request: `Ok(None)` when the provider took it (2xx), `Ok(Some(refusal))` when it
+/// answered otherwise, and a retryable error when no answer came (timeout, connection).
+pub async fn post(request: reqwest::RequestBuilder) -> Result<Option<Refusal>, SendError> {
+    let response = request.send().await.map_err(SendError::from_transport)?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(None);
+    }
+    Ok(Some(Refusal {
+        status,
+        retry_after: super::retry_after(response.headers()),
+        response,
+    }))
 }
 
 /// What an HTTP answer no provider-specific rule claimed comes to: 429 and 5xx are worth

@@ -74,6 +74,17 @@ pub enum PushKind {
     Badge { unseen: u64 },
     /// A calendar reminder (a `display` alarm): an alert with the event and its start.
     Reminder { summary: String, start: String },
+    /// The user's state moved (any kind): made by the pipeline, not by [`route`], for
+    /// providers whose clients sync from the payload ([`crate::push::provider::Client::takes`]).
+    State,
+}
+
+impl PushKind {
+    /// Whether the push is one the user should notice now (new mail, a reminder), rather than
+    /// a count or state that only the newest value of matters.
+    pub fn is_alert(&self) -> bool {
+        matches!(self, PushKind::NewMail { .. } | PushKind::Reminder { .. })
+    }
 }
 
 /// New modseqs for a user; `None` leaves a value as it is. Values only ever raise the state.

@@ -2,7 +2,9 @@
 //!
 //! A token is unique per platform. Registering it again is idempotent and refreshes its
 //! registration time; registering it for another user moves it (a phone changed hands or
-//! accounts). Removals are recorded with their reason in `device_removals`.
+//! accounts). Removals are recorded with their reason in `device_removals`. A Web Push
+//! subscription is a device whose token is its endpoint URL and which carries the browser's
+//! keys ([`WebPushKeys`]).
 
 use super::{Store, on_pool};
 
@@ -11,6 +13,8 @@ use super::{Store, on_pool};
 pub enum Platform {
     Apns,
     Fcm,
+    /// A browser's push service (RFC 8030), for a subscription made with our VAPID key.
+    WebPush,
 }
 
 /// The APNs environment a token was issued for; FCM tokens are always `Production`.
@@ -34,6 +38,48 @@ pub struct Device {
     pub created_at: i64,
     /// Latest registration: a provider's "dead since" older than this does not remove it.
     pub registered_at: i64,
+    /// What a Web Push payload is encrypted for; None on other platforms.
+    pub webpush: Option<WebPushKeys>,
+}
+
+/// A browser's Web Push keys (`PushSubscription.toJSON().keys`), base64url without padding,
+/// and the payload it asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebPushKeys {
+    /// The browser's P-256 ECDH public key, 65 bytes uncompressed.
+    pub p256dh: String,
+    /// The 16-byte authentication secret.
+    pub auth: String,
+    pub format: PayloadFormat,
+}
+
+/// Which document a Web Push payload carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PayloadFormat {
+    /// The `/events` document (`mailModSeq`, …) plus the alert, for FastMail-style clients.
+    #[default]
+    Legacy,
+    /// An RFC 8620 `StateChange`, for JMAP clients.
+    Jmap,
+}
+
+impl PayloadFormat {
+    /// The name used in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayloadFormat::Legacy => "legacy",
+            PayloadFormat::Jmap => "jmap",
+        }
+    }
+
+    /// Reads an API or database name.
+    pub fn parse(name: &str) -> Option<PayloadFormat> {
+        match name {
+            "legacy" => Some(PayloadFormat::Legacy),
+            "jmap" => Some(PayloadFormat::Jmap),
+            _ => None,
+        }
+    }
 }
 
 /// A registration request, already validated.
@@ -44,6 +90,7 @@ pub struct NewDevice {
     pub token: String,
     pub app: String,
     pub environment: Environment,
+    pub webpush: Option<WebPushKeys>,
 }
 
 /// What a registration did.
@@ -72,6 +119,7 @@ impl Platform {
         match self {
             Platform::Apns => "apns",
             Platform::Fcm => "fcm",
+            Platform::WebPush => "webpush",
         }
     }
 
@@ -80,8 +128,18 @@ impl Platform {
         match name {
             "apns" => Some(Platform::Apns),
             "fcm" => Some(Platform::Fcm),
+            "webpush" => Some(Platform::WebPush),
             _ => None,
         }
+    }
+}
+
+impl NewDevice {
+    fn format(&self) -> PayloadFormat {
+        self.webpush
+            .as_ref()
+            .map(|keys| keys.format)
+            .unwrap_or_default()
     }
 }
 
@@ -114,9 +172,13 @@ struct DeviceRow {
     environment: String,
     created_at: i64,
     registered_at: i64,
+    p256dh: Option<String>,
+    auth_secret: Option<String>,
+    format: String,
 }
 
-const COLUMNS: &str = "id, user_id, platform, token, app, environment, created_at, registered_at";
+const COLUMNS: &str = "id, user_id, platform, token, app, environment, created_at, registered_at, \
+                       p256dh, auth_secret, format";
 
 impl TryFrom<DeviceRow> for Device {
     type Error = sqlx::Error;
@@ -125,7 +187,18 @@ impl TryFrom<DeviceRow> for Device {
         let decode = |what: &str, value: &str| {
             sqlx::Error::Decode(format!("devices.{what} holds {value:?}").into())
         };
+        let format =
+            PayloadFormat::parse(&row.format).ok_or_else(|| decode("format", &row.format))?;
+        let webpush = match (row.p256dh, row.auth_secret) {
+            (Some(p256dh), Some(auth)) => Some(WebPushKeys {
+                p256dh,
+                auth,
+                format,
+            }),
+            _ => None,
+        };
         Ok(Device {
+            webpush,
             platform: Platform::parse(&row.platform)
                 .ok_or_else(|| decode("platform", &row.platform))?,
             environment: Environment::parse(&row.environment)
@@ -207,8 +280,8 @@ impl Store {
             let upserted = match existing {
                 Some(old) => {
                     let update = format!(
-                        "UPDATE devices SET user_id = $1, app = $2, environment = $3, registered_at = $4 \
-                         WHERE id = $5 RETURNING {COLUMNS}"
+                        "UPDATE devices SET user_id = $1, app = $2, environment = $3, registered_at = $4, \
+                         p256dh = $6, auth_secret = $7, format = $8 WHERE id = $5 RETURNING {COLUMNS}"
                     );
                     let row: DeviceRow = sqlx::query_as(sqlx::AssertSqlSafe(update))
                         .bind(&new.user_id)
@@ -216,6 +289,9 @@ impl Store {
                         .bind(new.environment.as_str())
                         .bind(now)
                         .bind(old.id)
+                        .bind(new.webpush.as_ref().map(|keys| &keys.p256dh))
+                        .bind(new.webpush.as_ref().map(|keys| &keys.auth))
+                        .bind(new.format().as_str())
                         .fetch_one(&mut *tx)
                         .await?;
                     let moved_from = (old.user_id != new.user_id).then_some(old.user_id);
@@ -223,8 +299,8 @@ impl Store {
                 }
                 None => {
                     let insert = format!(
-                        "INSERT INTO devices (user_id, platform, token, app, environment, created_at, registered_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {COLUMNS}"
+                        "INSERT INTO devices (user_id, platform, token, app, environment, created_at, registered_at, \
+                         p256dh, auth_secret, format) VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9) RETURNING {COLUMNS}"
                     );
                     let row: DeviceRow = sqlx::query_as(sqlx::AssertSqlSafe(insert))
                         .bind(&new.user_id)
@@ -233,6 +309,9 @@ impl Store {
                         .bind(&new.app)
                         .bind(new.environment.as_str())
                         .bind(now)
+                        .bind(new.webpush.as_ref().map(|keys| &keys.p256dh))
+                        .bind(new.webpush.as_ref().map(|keys| &keys.auth))
+                        .bind(new.format().as_str())
                         .fetch_one(&mut *tx)
                         .await?;
                     Upserted::Created(row.try_into()?)

@@ -18,7 +18,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
-pub use devices::{Device, DeviceError, Environment, NewDevice, Platform, Upserted};
+pub use devices::{
+    Device, DeviceError, Environment, NewDevice, PayloadFormat, Platform, Upserted, WebPushKeys,
+};
 pub use jobs::{Claim, Job, JobState, JournalConnection, NewJob};
 pub use states::StoredState;
 pub use users::{User, UserUpdate};

@@ -41,6 +41,11 @@ enum Source {
 }
 
 impl TypeFilter {
+    /// Every type (`types=*`).
+    pub fn all() -> TypeFilter {
+        TypeFilter { wanted: None }
+    }
+
     /// Parses the `types` parameter; an empty name in the list is an error.
     pub fn parse(types: &str) -> Result<TypeFilter, &'static str> {
         if types == "*" {
@@ -76,6 +81,27 @@ pub fn encode_state(
     compact: bool,
     out: &mut String,
 ) -> bool {
+    let Some(change) = state_change(user, seen, now, filter, compact) else {
+        return false;
+    };
+    let _ = write!(
+        out,
+        "event: state\nid: {}\ndata: {change}\n\n",
+        now.event_id()
+    );
+    true
+}
+
+/// The StateChange object for the types that moved from `seen` to `now` (every known type
+/// when `seen` is all zero), or None when none of the wanted types moved. Web Push sends it
+/// as the payload of `jmap` subscriptions.
+pub fn state_change(
+    user: &str,
+    seen: &UserState,
+    now: &UserState,
+    filter: &TypeFilter,
+    compact: bool,
+) -> Option<String> {
     let mut changed = String::new();
     for (name, source, prefixed) in TYPES {
         let (value, moved) = match source {
@@ -91,15 +117,12 @@ pub fn encode_state(
         }
     }
     if changed.is_empty() {
-        return false;
+        return None;
     }
     let account = serde_json::to_string(user).unwrap_or_else(|_| "\"\"".into());
-    let _ = write!(
-        out,
-        "event: state\nid: {}\ndata: {{\"@type\":\"StateChange\",\"changed\":{{{account}:{{{changed}}}}}}}\n\n",
-        now.event_id()
-    );
-    true
+    Some(format!(
+        "{{\"@type\":\"StateChange\",\"changed\":{{{account}:{{{changed}}}}}}}"
+    ))
 }
 
 /// Writes a `ping` event; pings carry no id, so they never move a client's `Last-Event-ID`.
