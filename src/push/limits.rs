@@ -7,6 +7,7 @@
 //! when the maps have doubled since the last sweep, so memory follows the devices that pushed
 //! in the last minute, not every device ever seen.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
@@ -62,15 +63,27 @@ impl<K> Default for Counters<K> {
 
 impl<K: Hash + Eq> Counters<K> {
     /// Pushes counted for `key` in its current window.
-    fn count(&self, key: &K, now: Instant) -> u32 {
+    fn count<Q>(&self, key: &Q, now: Instant) -> u32
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         match self.windows.get(key) {
             Some((start, count)) if now.duration_since(*start) < MINUTE => *count,
             _ => 0,
         }
     }
 
-    fn add(&mut self, key: K, now: Instant) {
-        let entry = self.windows.entry(key).or_insert((now, 0));
+    /// Counts one push for `key`; `owned` makes the key only when it is new.
+    fn add<Q>(&mut self, key: &Q, owned: impl FnOnce() -> K, now: Instant)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let entry = match self.windows.get_mut(key) {
+            Some(entry) => entry,
+            None => self.windows.entry(owned()).or_insert((now, 0)),
+        };
         if now.duration_since(entry.0) >= MINUTE {
             *entry = (now, 0);
         }
@@ -102,12 +115,11 @@ impl RateLimits {
         if windows.devices.count(&device, now) >= self.per_device {
             return Err(Refused::Device);
         }
-        let user = user.to_owned();
-        if windows.users.count(&user, now) >= self.per_user {
+        if windows.users.count(user, now) >= self.per_user {
             return Err(Refused::User);
         }
-        windows.devices.add(device, now);
-        windows.users.add(user, now);
+        windows.devices.add(&device, || device, now);
+        windows.users.add(user, || user.to_owned(), now);
         Ok(())
     }
 

@@ -348,13 +348,13 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(seconds.min(3600)))
 }
 
-/// A random (version 4) UUID in its canonical lowercase form, as `apns-id` wants.
+/// A random (version 4) UUID in its canonical lowercase form, as `apns-id` wants. It names
+/// a push in logs and at the provider, so it must be unique, not secret: the process's
+/// keyed hasher gives that without a system call per push.
 fn uuid_v4() -> String {
     let mut bytes = [0u8; 16];
-    if getrandom::fill(&mut bytes).is_err() {
-        bytes[..8].copy_from_slice(&random_u64().to_le_bytes());
-        bytes[8..].copy_from_slice(&random_u64().to_le_bytes());
-    }
+    bytes[..8].copy_from_slice(&random_u64().to_le_bytes());
+    bytes[8..].copy_from_slice(&random_u64().to_le_bytes());
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
