@@ -9,9 +9,11 @@
 //! attempt the journal names is marked done: its message reached the relay, or at worst the
 //! process died in the microsecond between the journal line and the `.`.
 //!
-//! The journal belongs to one data dir. Another node sharing a PostgreSQL database that takes
-//! over a dead node's job after its lease cannot see that node's journal and sends again:
-//! at-least-once there, as SMTP itself is.
+//! This file belongs to one data dir. Nodes sharing a PostgreSQL database journal in the
+//! job's row instead (`jobs.sent_attempt`, written right before the `.` in the same way), so
+//! the node that takes over a dead node's job after its lease finds it and marks it done.
+//! There the window is the time between the record's request leaving for the database and
+//! the `.` being written: microseconds, unless the machine deschedules the worker right then.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Write};

@@ -21,7 +21,10 @@ use sqlx::{PgPool, SqlitePool};
 pub use devices::{
     Device, DeviceError, Environment, NewDevice, PayloadFormat, Platform, Upserted, WebPushKeys,
 };
-pub use jobs::{Claim, Job, JobState, JournalConnection, NewJob};
+pub use jobs::{
+    Claim, DELIVERED_BEFORE_CRASH, DELIVERED_BEFORE_TAKEOVER, Job, JobState, JournalConnection,
+    NewJob,
+};
 pub use states::StoredState;
 pub use users::{User, UserUpdate};
 
