@@ -114,6 +114,9 @@ pub struct PushHandle {
 #[derive(Default)]
 pub struct Providers {
     by_app: HashMap<(Platform, String), Arc<Provider>>,
+    /// Whether any provider takes state-only pushes: when none does (no Web Push), a state
+    /// change costs the pipeline nothing here.
+    takes_state: bool,
 }
 
 /// One provider client with its own concurrency limit and breaker.
@@ -170,6 +173,7 @@ impl Providers {
                 config.max_in_flight,
                 breaker,
             );
+            self.takes_state |= provider.client.takes(&PushKind::State);
             self.by_app.insert((platform, app), Arc::new(provider));
         }
     }
@@ -206,6 +210,9 @@ impl PushHandle {
     /// the user's state after the event (asked only when the user has a device). Alerts are
     /// queued at once, updates held to be merged. Never waits.
     pub fn enqueue(&self, request: PushRequest, state: impl FnOnce(&str) -> UserState) {
+        if matches!(request.kind, PushKind::State) && !self.providers.takes_state {
+            return;
+        }
         let devices = self.devices.devices_of(&request.user);
         if devices.is_empty() {
             return;
