@@ -25,7 +25,9 @@ use super::{ApiError, Auth, event_stream};
 use crate::metrics::Metrics;
 use crate::stream::jmap::TypeFilter;
 use crate::stream::persist::Persistence;
-use crate::stream::{Feed, FeedOptions, Format, JmapIds, StateHub, Subscription, UserState};
+use crate::stream::{
+    Feed, FeedOptions, Format, JmapFormat, JmapIds, StateHub, Subscription, UserState,
+};
 
 /// What the stream handlers use.
 pub struct Streams {
@@ -202,11 +204,11 @@ fn jmap_format(query: &JmapQuery) -> Result<Format, ApiError> {
             })?;
     let ping =
         (ping_secs > 0).then(|| Duration::from_secs(ping_secs.clamp(PING_MIN_SECS, PING_MAX_SECS)));
-    Ok(Format::Jmap {
+    Ok(Format::Jmap(Box::new(JmapFormat {
         filter,
         close_after_state,
         ping,
-    })
+    })))
 }
 
 fn open_feed(

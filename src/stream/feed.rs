@@ -15,7 +15,9 @@
 //! `Last-Event-ID` gets the current state only if it moved. `/events` frames are the cell's own
 //! shared bytes; only JMAP frames, which depend on the client's filter, are encoded here.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,14 +35,19 @@ use super::state::{Subscription, UserState};
 pub enum Format {
     /// FastMail's `event: push` with the three modseqs.
     Legacy,
-    /// RFC 8620 `event: state` StateChange objects.
-    Jmap {
-        filter: TypeFilter,
-        /// `closeafter=state`: end the response after one state event.
-        close_after_state: bool,
-        /// `ping=N`: a `ping` event after N quiet seconds; None for `ping=0`.
-        ping: Option<Duration>,
-    },
+    /// RFC 8620 `event: state` StateChange objects. Boxed: every stream carries its format
+    /// for its whole life, and a legacy one should not carry room for a JMAP filter.
+    Jmap(Box<JmapFormat>),
+}
+
+/// What a JMAP EventSource connection asked for.
+#[derive(Debug, Clone)]
+pub struct JmapFormat {
+    pub filter: TypeFilter,
+    /// `closeafter=state`: end the response after one state event.
+    pub close_after_state: bool,
+    /// `ping=N`: a `ping` event after N quiet seconds; None for `ping=0`.
+    pub ping: Option<Duration>,
 }
 
 /// What a feed needs besides its subscription.
@@ -144,13 +151,21 @@ impl Feed {
             if let Some(frame) = self.pending_frame() {
                 return Some(frame);
             }
-            let changed = self.subscription.receiver.changed();
-            match self.ping.as_mut() {
-                None => changed.await,
-                Some(timer) => tokio::select! {
-                    () = changed => {}
-                    () = timer.as_mut() => return Some(self.ping_frame()),
-                },
+            // The channel, or the `ping=N` timer of a stream that has one. Polled by hand: this
+            // wait is where an idle stream spends its life, so its future is two references.
+            let ping_due = std::future::poll_fn(|cx| {
+                if self.subscription.receiver.poll_changed(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                match self.ping.as_mut() {
+                    Some(timer) => timer.as_mut().poll(cx),
+                    None => Poll::Pending,
+                }
+                .map(|()| true)
+            })
+            .await;
+            if ping_due {
+                return Some(self.ping_frame());
             }
         }
     }
@@ -208,11 +223,12 @@ impl Feed {
         drop(live);
         let frame = match &self.options.format {
             Format::Legacy => shared,
-            Format::Jmap {
-                filter,
-                close_after_state,
-                ..
-            } => {
+            Format::Jmap(jmap) => {
+                let JmapFormat {
+                    filter,
+                    close_after_state,
+                    ..
+                } = &**jmap;
                 let mut out = String::new();
                 let compact = self.options.jmap_ids.compact(&now);
                 let wrote = jmap::encode_state(
@@ -248,7 +264,7 @@ impl FeedOptions {
     /// The JMAP `ping=N` interval, if the client asked for pings instead of comments.
     fn ping_interval(&self) -> Option<Duration> {
         match &self.format {
-            Format::Jmap { ping, .. } => *ping,
+            Format::Jmap(jmap) => jmap.ping,
             Format::Legacy => None,
         }
     }
@@ -395,11 +411,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn jmap_pings_and_close_after_state() {
         let hub = StateHub::new(10, 10);
-        let format = Format::Jmap {
+        let format = Format::Jmap(Box::new(JmapFormat {
             filter: TypeFilter::parse("*").unwrap(),
             close_after_state: true,
             ping: Some(Duration::from_secs(30)),
-        };
+        }));
         let stream =
             Feed::new(hub.subscribe("alice").unwrap(), None, options(format)).into_stream();
         let mut stream = Box::pin(stream);

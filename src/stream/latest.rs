@@ -1,16 +1,17 @@
-//! A latest-value channel, one per user: the value, a version, and one `Notify` for every
-//! stream waiting on it.
+//! A latest-value channel, one per user: the value, a version, and the wakers of the streams
+//! waiting on it.
 //!
 //! tokio's `watch` has the same contract, but it carries eight notifiers per channel (to spread
-//! contention among many receivers), about 500 bytes a user. A user has a handful of streams at
-//! most, so one notifier does, and the cell costs about 200 bytes. A receiver that falls behind
-//! sees only the newest value, and waking never allocates.
+//! contention among many receivers), about 500 bytes a user, and its `changed()` future holds a
+//! waiter of its own (about 100 bytes), which an idle stream keeps for its whole life. Here the
+//! cell keeps one waker per waiting receiver in a short list, so the waiting future is a
+//! reference, and the cell costs about 250 bytes. A receiver that falls behind sees only the
+//! newest value.
 
-use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
-
-use tokio::sync::Notify;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::task::{Context, Poll, Waker};
 
 /// The writing side, kept by the hub.
 pub struct Sender<T> {
@@ -22,14 +23,19 @@ pub struct Receiver<T> {
     shared: Arc<Shared<T>>,
     /// The version this receiver last read.
     seen: u64,
+    /// This receiver's name in the cell's list of waiting wakers.
+    id: u32,
 }
 
 struct Shared<T> {
     value: RwLock<T>,
     /// Raised under the write lock on every change.
     version: AtomicU64,
-    changed: Notify,
+    /// The receivers waiting for the next change, each with the waker of its latest wait.
+    /// A change wakes and empties the list.
+    waiting: Mutex<Vec<(u32, Waker)>>,
     receivers: AtomicUsize,
+    next_id: AtomicU32,
 }
 
 impl<T> Sender<T> {
@@ -39,8 +45,9 @@ impl<T> Sender<T> {
             shared: Arc::new(Shared {
                 value: RwLock::new(value),
                 version: AtomicU64::new(0),
-                changed: Notify::new(),
+                waiting: Mutex::new(Vec::new()),
                 receivers: AtomicUsize::new(0),
+                next_id: AtomicU32::new(0),
             }),
         }
     }
@@ -57,7 +64,12 @@ impl<T> Sender<T> {
         }
         self.shared.version.fetch_add(1, Ordering::Release);
         drop(value);
-        self.shared.changed.notify_waiters();
+        // After the version: a receiver that registers once this has taken the list sees
+        // the new version when it looks again, so no change goes unnoticed. The list keeps
+        // its room for the next waits.
+        for (_, waker) in lock(&self.shared.waiting).drain(..) {
+            waker.wake();
+        }
         true
     }
 
@@ -74,6 +86,7 @@ impl<T> Sender<T> {
         self.shared.receivers.fetch_add(1, Ordering::AcqRel);
         Receiver {
             seen: self.shared.version.load(Ordering::Acquire),
+            id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
             shared: self.shared.clone(),
         }
     }
@@ -116,28 +129,54 @@ impl<T> Receiver<T> {
         self.shared.version.load(Ordering::Acquire) != self.seen
     }
 
-    /// Waits until the value changes (returns at once if it already has). Cancel-safe.
-    pub async fn changed(&self) {
-        loop {
-            // Registered before the version is checked, so a change in between still wakes it.
-            let mut notified = pin!(self.shared.changed.notified());
-            notified.as_mut().enable();
-            if self.has_changed() {
-                return;
-            }
-            notified.await;
+    /// Ready once the value changed since this receiver last read it; else the task is woken
+    /// at the next change. A wait given up leaves its waker listed until then: the task is
+    /// woken for nothing once, which costs less than a waiter in every waiting future.
+    pub fn poll_changed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.has_changed() {
+            return Poll::Ready(());
         }
+        {
+            let mut waiting = lock(&self.shared.waiting);
+            match waiting.iter_mut().find(|(id, _)| *id == self.id) {
+                Some((_, waker)) if waker.will_wake(cx.waker()) => {}
+                Some((_, waker)) => *waker = cx.waker().clone(),
+                None => {
+                    // Most users have one stream: room for exactly one at first.
+                    waiting.reserve_exact(1);
+                    waiting.push((self.id, cx.waker().clone()));
+                }
+            }
+        }
+        // Again, now that the waker is listed: a change in between took the list before it.
+        if self.has_changed() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Waits until the value changes (returns at once if it already has). Cancel-safe.
+    pub fn changed(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| self.poll_changed(cx))
     }
 }
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
+        lock(&self.shared.waiting).retain(|(id, _)| *id != self.id);
         self.shared.receivers.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -164,6 +203,51 @@ mod tests {
             "a new receiver has seen the current value"
         );
         drop((receiver, late));
+        assert_eq!(sender.receiver_count(), 0);
+    }
+
+    /// A waker that counts its wakes.
+    struct Wakes(AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_waiting_receiver_is_listed_once_and_unlisted_when_dropped() {
+        let sender = Sender::new(0u64);
+        let mut receiver = sender.subscribe();
+        let other = sender.subscribe();
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..3 {
+            assert!(receiver.poll_changed(&mut cx).is_pending());
+        }
+        assert!(other.poll_changed(&mut cx).is_pending());
+        assert_eq!(
+            lock(&sender.shared.waiting).len(),
+            2,
+            "one entry a receiver"
+        );
+
+        sender.send_modify(|value| *value = 1);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2, "each waiter woken once");
+        assert!(lock(&sender.shared.waiting).is_empty());
+        assert!(receiver.poll_changed(&mut cx).is_ready());
+        assert_eq!(*receiver.borrow_and_update(), 1);
+
+        assert!(receiver.poll_changed(&mut cx).is_pending());
+        drop(receiver);
+        assert!(
+            lock(&sender.shared.waiting).is_empty(),
+            "a dropped receiver's waker does not stay behind"
+        );
+        sender.send_modify(|value| *value = 2);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2, "nobody left to wake");
+        drop(other);
         assert_eq!(sender.receiver_count(), 0);
     }
 

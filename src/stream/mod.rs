@@ -19,5 +19,5 @@ pub mod signals;
 pub mod state;
 pub mod users;
 
-pub use feed::{Feed, FeedOptions, Format, JmapIds};
+pub use feed::{Feed, FeedOptions, Format, JmapFormat, JmapIds};
 pub use state::{Live, StateHub, SubscribeError, Subscription, UserState};
