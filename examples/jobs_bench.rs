@@ -5,7 +5,13 @@
 //! ```sh
 //! cargo run --release --example jobs_bench -- [JOBS] [WORKERS]
 //! ```
+//!
+//! With `MAILPUSH_DATABASE__URL` set to a PostgreSQL database, the jobs table is there instead
+//! (use a scratch database: jobs an earlier run left pending there would be sent too). Each
+//! email has its own recipient, and the sink counts recipients it saw twice and ones it never
+//! saw, so the figure says nothing was lost or sent twice.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,12 +19,39 @@ use mailin_embedded::{Handler, Response, Server, response};
 use mailpush::app::{self, Listeners};
 use mailpush::config::Config;
 
-#[derive(Clone)]
-struct Counter(Arc<Mutex<usize>>);
+/// What the sink received: each email's recipients, and how many were seen twice.
+#[derive(Default)]
+struct Received {
+    recipients: HashSet<String>,
+    twice: usize,
+}
 
-impl Handler for Counter {
+/// The SMTP sink's handler, cloned per connection: the transaction's recipients, then the
+/// shared record once the message is accepted.
+#[derive(Clone)]
+struct Sink {
+    received: Arc<Mutex<Received>>,
+    rcpts: Vec<String>,
+}
+
+impl Handler for Sink {
+    fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, _from: &str) -> Response {
+        self.rcpts.clear();
+        response::OK
+    }
+
+    fn rcpt(&mut self, to: &str) -> Response {
+        self.rcpts.push(to.to_owned());
+        response::OK
+    }
+
     fn data_end(&mut self) -> Response {
-        *self.0.lock().expect("counter") += 1;
+        let mut received = self.received.lock().expect("sink");
+        for rcpt in self.rcpts.drain(..) {
+            if !received.recipients.insert(rcpt) {
+                received.twice += 1;
+            }
+        }
         response::OK
     }
 }
@@ -29,10 +62,14 @@ async fn main() -> anyhow::Result<()> {
     let jobs: u32 = args.next().map_or(Ok(2_000), |n| n.parse())?;
     let workers: usize = args.next().map_or(Ok(8), |n| n.parse())?;
 
-    let received = Counter(Arc::new(Mutex::new(0)));
+    let received = Arc::new(Mutex::new(Received::default()));
+    let sink = Sink {
+        received: received.clone(),
+        rcpts: Vec::new(),
+    };
     let smtp = std::net::TcpListener::bind("127.0.0.1:0")?;
     let smtp_url = format!("smtp://{}", smtp.local_addr()?);
-    let mut server = Server::new(received.clone());
+    let mut server = Server::new(sink);
     server
         .with_name("sink.example.test")
         .with_num_threads(workers as u32)
@@ -56,6 +93,11 @@ async fn main() -> anyhow::Result<()> {
         ("MAILPUSH_NOTIFY__SMTP__URL".to_owned(), smtp_url),
         ("MAILPUSH_NOTIFY__WORKERS".to_owned(), workers.to_string()),
     ];
+    let database = std::env::var("MAILPUSH_DATABASE__URL").ok();
+    let mut env = env;
+    if let Some(url) = &database {
+        env.push(("MAILPUSH_DATABASE__URL".to_owned(), url.clone()));
+    }
     let config = Config::load(None, env)?;
     let listeners = Listeners::bind(&config).await?;
     let ready = format!("http://{}/readyz", listeners.http_addr()?);
@@ -85,15 +127,26 @@ async fn main() -> anyhow::Result<()> {
         sender.send_to(packet.as_bytes(), &socket)?;
     }
     let deadline = started + Duration::from_secs(300);
-    while *received.0.lock().expect("counter") < jobs as usize && Instant::now() < deadline {
+    let count = || received.lock().expect("sink").recipients.len();
+    while count() < jobs as usize && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed();
-    let delivered = *received.0.lock().expect("counter");
+    let delivered = count();
     println!(
-        "{delivered}/{jobs} emails in {:.2} s: {:.0} jobs/s ({workers} workers, SQLite, SMTP on loopback)",
+        "{delivered}/{jobs} emails in {:.2} s: {:.0} jobs/s ({workers} workers, {}, SMTP on loopback)",
         elapsed.as_secs_f64(),
-        delivered as f64 / elapsed.as_secs_f64()
+        delivered as f64 / elapsed.as_secs_f64(),
+        if database.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
+    );
+    let twice = received.lock().expect("sink").twice;
+    println!(
+        "missing: {}, sent twice: {twice}",
+        jobs as usize - delivered.min(jobs as usize)
     );
     let _ = stop.send(());
     running.await??;
