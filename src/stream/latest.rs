@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::task::{Context, Poll, Waker};
 
+use smallvec::SmallVec;
+
 /// The writing side, kept by the hub.
 pub struct Sender<T> {
     shared: Arc<Shared<T>>,
@@ -32,8 +34,9 @@ struct Shared<T> {
     /// Raised under the write lock on every change.
     version: AtomicU64,
     /// The receivers waiting for the next change, each with the waker of its latest wait.
-    /// A change wakes and empties the list.
-    waiting: Mutex<Vec<(u32, Waker)>>,
+    /// A change wakes and empties the list. Room for one in place: most users have one
+    /// stream, and the cell has that room to spare in its allocator size class.
+    waiting: Mutex<SmallVec<[(u32, Waker); 1]>>,
     receivers: AtomicUsize,
     next_id: AtomicU32,
 }
@@ -45,7 +48,7 @@ impl<T> Sender<T> {
             shared: Arc::new(Shared {
                 value: RwLock::new(value),
                 version: AtomicU64::new(0),
-                waiting: Mutex::new(Vec::new()),
+                waiting: Mutex::new(SmallVec::new()),
                 receivers: AtomicUsize::new(0),
                 next_id: AtomicU32::new(0),
             }),
@@ -141,11 +144,7 @@ impl<T> Receiver<T> {
             match waiting.iter_mut().find(|(id, _)| *id == self.id) {
                 Some((_, waker)) if waker.will_wake(cx.waker()) => {}
                 Some((_, waker)) => *waker = cx.waker().clone(),
-                None => {
-                    // Most users have one stream: room for exactly one at first.
-                    waiting.reserve_exact(1);
-                    waiting.push((self.id, cx.waker().clone()));
-                }
+                None => waiting.push((self.id, cx.waker().clone())),
             }
         }
         // Again, now that the waker is listed: a change in between took the list before it.

@@ -95,8 +95,8 @@ pub type StreamClosed = Box<dyn Fn(&str) + Send + Sync>;
 
 /// A live connection's view of its user's channel; dropping it frees the connection's slot.
 pub struct Subscription {
-    /// The user whose channel this is.
-    pub user: String,
+    /// The user whose channel this is (the hub's own copy of the name).
+    pub user: Arc<str>,
     pub receiver: latest::Receiver<Live>,
     /// How far the connection got through its user's signals.
     pub signals_seen: SignalsSeen,
@@ -376,7 +376,7 @@ impl StateHub {
     pub fn subscribe(&self, user: &str) -> Result<Subscription, SubscribeError> {
         let slot = self.take_slot()?;
         let mut users = self.cells();
-        let cell = users.get_or_insert_with(user, || self.new_cell());
+        let (name, cell) = users.entry(user, || self.new_cell());
         if cell.receiver_count() >= self.max_connections_per_user {
             return Err(SubscribeError::UserLimit);
         }
@@ -390,7 +390,7 @@ impl StateHub {
         // The slot is the subscription's from here on: its drop gives the slot back.
         std::mem::forget(slot);
         Ok(Subscription {
-            user: user.to_owned(),
+            user: name.clone(),
             receiver,
             signals_seen,
             slots: self.slots.clone(),

@@ -44,10 +44,18 @@ impl Users {
 
     /// The user's cell, made with `make` if they have none.
     pub fn get_or_insert_with(&mut self, user: &str, make: impl FnOnce() -> Live) -> &Sender<Live> {
+        self.entry(user, make).1
+    }
+
+    /// The user's name as the map keeps it (shared, so a stream need not copy it) and cell,
+    /// made with `make` if they have none.
+    pub fn entry(&mut self, user: &str, make: impl FnOnce() -> Live) -> (&Arc<str>, &Sender<Live>) {
         if !self.by_user.contains_key(user) {
             self.insert(user, make());
         }
-        &self.by_user[user]
+        self.by_user
+            .get_key_value(user)
+            .expect("the user's cell was just made")
     }
 
     /// Adds a cell for a user who has none.
