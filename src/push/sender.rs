@@ -100,7 +100,9 @@ impl Delivery {
                 }
                 Err(SendError::Unregistered { since, reason }) => {
                     self.provider.breaker.success();
-                    self.remove_device(since, &reason).await;
+                    // Boxed, as is the retry's timer: every push's task is spawned with room
+                    // for its future, and the database query's would make it kilobytes.
+                    Box::pin(self.remove_device(since, &reason)).await;
                     return;
                 }
                 Err(SendError::Permanent { reason }) => {
@@ -125,7 +127,7 @@ impl Delivery {
                             self.metrics.push_outcome(kind, app, "dropped_shutdown");
                             return;
                         }
-                        () = tokio::time::sleep(delay) => {}
+                        () = Box::pin(tokio::time::sleep(delay)) => {}
                     }
                 }
             }
