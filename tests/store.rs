@@ -272,6 +272,59 @@ async fn jobs_contract(store: &Store) {
     assert_eq!((user.language.as_str(), user.sms_credit), ("en", 0));
 }
 
+/// Which due job a claim takes when a queued job and an expired lease are both due: the one
+/// that fell due first, whichever kind it is. Leaves no job queued or running.
+async fn due_order_contract(store: &Store) {
+    store
+        .insert_jobs(&[job("carol", "sieve_email", "o1")], 10_000)
+        .await
+        .unwrap();
+    let Some(Claim::Job(leased)) = store.claim_job(10_000, 100).await.unwrap() else {
+        panic!("o1 is due")
+    };
+    store
+        .insert_jobs(&[job("carol", "sieve_email", "o2")], 10_050)
+        .await
+        .unwrap();
+    // o1's lease ran out at 10,100; it fell due at 10,000, before o2.
+    let Some(Claim::Job(first)) = store.claim_job(10_200, 100).await.unwrap() else {
+        panic!("two jobs are due")
+    };
+    assert_eq!((first.key.as_str(), first.attempts), ("o1", 2));
+    let Some(Claim::Job(second)) = store.claim_job(10_200, 100).await.unwrap() else {
+        panic!("o2 is still due")
+    };
+    assert_eq!(second.key, "o2");
+    assert_eq!(leased.id, first.id);
+
+    store.finish_job(first.id, 10_250).await.unwrap();
+    store.finish_job(second.id, 10_250).await.unwrap();
+
+    // Now the queued job fell due first: o4 was written with a due time before o3's.
+    store
+        .insert_jobs(&[job("carol", "sieve_email", "o3")], 20_000)
+        .await
+        .unwrap();
+    let Some(Claim::Job(o3)) = store.claim_job(20_000, 100).await.unwrap() else {
+        panic!("o3 is due")
+    };
+    store
+        .insert_jobs(&[job("carol", "sieve_email", "o4")], 19_500)
+        .await
+        .unwrap();
+    let Some(Claim::Job(queued)) = store.claim_job(20_200, 100).await.unwrap() else {
+        panic!("two jobs are due")
+    };
+    assert_eq!(queued.key, "o4", "due at 19,500, before o3 at 20,000");
+    let Some(Claim::Job(expired)) = store.claim_job(20_200, 100).await.unwrap() else {
+        panic!("o3's lease ran out")
+    };
+    assert_eq!((expired.id, expired.attempts), (o3.id, 2));
+    store.finish_job(queued.id, 20_250).await.unwrap();
+    store.finish_job(expired.id, 20_250).await.unwrap();
+    assert_eq!(store.claim_job(99_000, 100).await.unwrap(), None);
+}
+
 /// Users' states: writes only raise each value, in one batch of many users too.
 async fn states_contract(store: &Store) {
     let state = |mail, calendar, contacts| StoredState {
@@ -342,6 +395,7 @@ async fn sqlite_jobs_contract() {
         .await
         .unwrap();
     jobs_contract(&store).await;
+    due_order_contract(&store).await;
 }
 
 #[tokio::test]
@@ -450,6 +504,7 @@ async fn postgres_store_contract() {
     store.migrate().await.unwrap();
     contract(&store).await;
     jobs_contract(&store).await;
+    due_order_contract(&store).await;
     states_contract(&store).await;
     concurrent_claims(&store).await;
     journal_contract(&store).await;
