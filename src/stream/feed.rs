@@ -43,6 +43,7 @@ pub enum Format {
 /// What a JMAP EventSource connection asked for.
 #[derive(Debug, Clone)]
 pub struct JmapFormat {
+    /// The data types the client asked for (`types=`): a state event names only those.
     pub filter: TypeFilter,
     /// `closeafter=state`: end the response after one state event.
     pub close_after_state: bool,
