@@ -68,9 +68,11 @@ impl<T> Sender<T> {
         self.shared.version.fetch_add(1, Ordering::Release);
         drop(value);
         // After the version: a receiver that registers once this has taken the list sees
-        // the new version when it looks again, so no change goes unnoticed. The list keeps
-        // its room for the next waits.
-        for (_, waker) in lock(&self.shared.waiting).drain(..) {
+        // the new version when it looks again, so no change goes unnoticed. Woken outside
+        // the lock, so a woken stream on another thread does not wait on it; taking a list of
+        // one (the usual user) moves it out of its place and allocates nothing.
+        let waiting = std::mem::take(&mut *lock(&self.shared.waiting));
+        for (_, waker) in waiting {
             waker.wake();
         }
         true
