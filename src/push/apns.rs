@@ -41,8 +41,8 @@ pub struct ApnsClient {
     key: EncodingKey,
     key_id: String,
     team_id: String,
-    topic: String,
-    topic_header: HeaderValue,
+    /// The app's topic, as every request's `apns-topic` carries it.
+    topic: HeaderValue,
     /// The current provider token's `authorization` value and when it was minted. A std
     /// mutex: held only to read or replace the pair.
     token: Mutex<Option<(HeaderValue, Instant)>>,
@@ -78,7 +78,7 @@ pub fn clients(
     for (name, config) in sections {
         let client =
             ApnsClient::new(config, timeout).with_context(|| format!("[push.apns.{name}]"))?;
-        clients.push((client.topic.clone(), Box::new(client)));
+        clients.push((config.topic.clone(), Box::new(client)));
     }
     Ok(clients)
 }
@@ -113,9 +113,8 @@ impl ApnsClient {
             key,
             key_id: config.key_id.clone(),
             team_id: config.team_id.clone(),
-            topic_header: HeaderValue::from_str(&config.topic)
+            topic: HeaderValue::from_str(&config.topic)
                 .with_context(|| format!("topic {:?} cannot be a header value", config.topic))?,
-            topic: config.topic.clone(),
             token: Mutex::new(None),
         })
     }
@@ -158,7 +157,7 @@ impl ApnsClient {
             .http
             .post(url)
             .header(AUTHORIZATION, token)
-            .header(APNS_TOPIC, self.topic_header.clone())
+            .header(APNS_TOPIC, self.topic.clone())
             .header(APNS_PUSH_TYPE, HeaderValue::from_static(push_type))
             .header(APNS_PRIORITY, HeaderValue::from_static(priority))
             .header(APNS_EXPIRATION, HeaderValue::from(unix_now() + expiry))
