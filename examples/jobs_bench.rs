@@ -7,7 +7,8 @@
 //! ```
 //!
 //! With `MAILPUSH_DATABASE__URL` set to a PostgreSQL database, the jobs table is there instead
-//! (use a scratch database: jobs an earlier run left pending there would be sent too). Each
+//! (use a scratch database: jobs an earlier run left pending there would be sent too; each run
+//! makes keys of its own, so finished runs do not matter). Each
 //! email has its own recipient, and the sink counts recipients it saw twice and ones it never
 //! saw, so the figure says nothing was lost or sent twice.
 
@@ -118,11 +119,16 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    // The staging path is part of each job's idempotency key: a run of its own, so a database
+    // kept from an earlier run takes these jobs as new.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
     let started = Instant::now();
     let sender = std::os::unix::net::UnixDatagram::unbound()?;
     for n in 0..jobs {
         let packet = format!(
-            "mailto\0SIEVE\0normal\0alice\0\x001\0r{n}@example.test\0Mail {n}\0/stage/{n}\0"
+            "mailto\0SIEVE\0normal\0alice\0\x001\0r{n}@example.test\0Mail {n}\0/stage/{run}/{n}\0"
         );
         sender.send_to(packet.as_bytes(), &socket)?;
     }

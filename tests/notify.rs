@@ -468,3 +468,45 @@ async fn no_notification_about_an_auto_submitted_message() {
     assert_eq!(smtp.mails().len(), 1);
     assert_eq!(mails[0].to, ["person@example.test"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_sends_run_at_once_than_there_are_workers() {
+    let smtp = SmtpSink::start_with_threads(8);
+    let sms = SmsMock::start().await;
+    let app = app(&smtp, &sms, &[("MAILPUSH_NOTIFY__WORKERS", "2")]).await;
+    let store = app.store().await;
+    smtp.hold(common::smtp::Hold::Data);
+    for n in 0..6 {
+        app.send_datagram(
+            format!(
+                "mailto\0SIEVE\0normal\0alice\0\x001\0r{n}@example.test\0Mail {n}\0/stage/{n}\0"
+            )
+            .as_bytes(),
+        );
+    }
+    let count = |state| {
+        let store = store.clone();
+        async move { store.jobs(Some(state), 100).await.unwrap().len() }
+    };
+    wait_until("two sends held at the relay, four jobs waiting", || async {
+        smtp.held() == 2 && count(JobState::Queued).await == 4
+    })
+    .await;
+    assert_eq!(count(JobState::Running).await, 2, "only two claimed");
+    assert_eq!(smtp.held(), 2);
+
+    smtp.hold(common::smtp::Hold::Nothing);
+    wait_until("every job done", || async {
+        count(JobState::Done).await == 6
+    })
+    .await;
+    let mut recipients: Vec<String> = smtp.by_recipient().into_keys().collect();
+    recipients.sort();
+    assert_eq!(
+        recipients,
+        (0..6)
+            .map(|n| format!("r{n}@example.test"))
+            .collect::<Vec<_>>()
+    );
+    assert!(smtp.by_recipient().values().all(|&sent| sent == 1));
+}

@@ -4,8 +4,8 @@
 use std::str::FromStr;
 
 use mailpush::store::{
-    Claim, DeviceError, Environment, JobState, NewDevice, NewJob, PayloadFormat, Platform, Store,
-    StoredState, Upserted, UserUpdate, WebPushKeys,
+    Claim, DeviceError, Environment, JobResult, JobState, NewDevice, NewJob, PayloadFormat,
+    Platform, Store, StoredState, Upserted, UserUpdate, WebPushKeys,
 };
 use sqlx::postgres::PgConnectOptions;
 
@@ -325,6 +325,94 @@ async fn due_order_contract(store: &Store) {
     assert_eq!(store.claim_job(99_000, 100).await.unwrap(), None);
 }
 
+/// Claims and results in batches: a batch claim takes the jobs that fell due first, as many as
+/// asked and each once; a batch of results records each job's own outcome.
+async fn batch_contract(store: &Store) {
+    for (n, at) in (200_000..200_005).enumerate() {
+        store
+            .insert_jobs(&[job("dave", "sieve_email", &format!("b{n}"))], at)
+            .await
+            .unwrap();
+    }
+    let keys = |claims: &[Claim]| -> Vec<String> {
+        claims
+            .iter()
+            .map(|claim| match claim {
+                Claim::Job(job) => job.key.clone(),
+                other => panic!("a plain job: {other:?}"),
+            })
+            .collect()
+    };
+    let first = store.claim_jobs(201_000, 100, 3).await.unwrap();
+    assert_eq!(
+        keys(&first),
+        ["b0", "b1", "b2"],
+        "the three due first, in order"
+    );
+    let rest = store.claim_jobs(201_000, 100, 10).await.unwrap();
+    assert_eq!(keys(&rest), ["b3", "b4"], "no more than are due");
+    assert!(store.claim_jobs(201_000, 100, 10).await.unwrap().is_empty());
+
+    // Every lease ran out at 201,100; b5, written at 201,150, fell due after all of them.
+    store
+        .insert_jobs(&[job("dave", "sieve_email", "b5")], 201_150)
+        .await
+        .unwrap();
+    let again = store.claim_jobs(201_200, 1_000, 2).await.unwrap();
+    assert_eq!(keys(&again), ["b0", "b1"], "expired leases in due order");
+    let id = |claims: &[Claim], n: usize| match &claims[n] {
+        Claim::Job(job) => job.id,
+        other => panic!("a plain job: {other:?}"),
+    };
+    let results = [
+        (id(&again, 0), JobResult::Done),
+        (
+            id(&again, 1),
+            JobResult::Retry {
+                run_at_ms: 300_000,
+                error: "451 try later".into(),
+            },
+        ),
+        (
+            id(&first, 2),
+            JobResult::Dead {
+                error: "550 no such user".into(),
+            },
+        ),
+    ];
+    store.record_results(&results, 201_300).await.unwrap();
+    let jobs = store.jobs(None, 100).await.unwrap();
+    let find = |key: &str| jobs.iter().find(|job| job.key == key).unwrap().clone();
+    let b0 = find("b0");
+    assert_eq!(
+        (b0.state, b0.finished_at, b0.last_error),
+        (JobState::Done, Some(201_300), None)
+    );
+    let b1 = find("b1");
+    assert_eq!(
+        (b1.state, b1.run_at, b1.last_error.as_deref()),
+        (JobState::Queued, 300_000, Some("451 try later"))
+    );
+    let b2 = find("b2");
+    assert_eq!(
+        (b2.state, b2.finished_at, b2.last_error.as_deref()),
+        (JobState::Dead, Some(201_300), Some("550 no such user"))
+    );
+
+    // b3 and b4 (leases run out) and b5, then b1 once it is due again.
+    let later = store.claim_jobs(250_000, 100, 10).await.unwrap();
+    assert_eq!(keys(&later), ["b3", "b4", "b5"]);
+    let done: Vec<_> = (0..3).map(|n| (id(&later, n), JobResult::Done)).collect();
+    store.record_results(&done, 250_050).await.unwrap();
+    let last = store.claim_jobs(300_000, 100, 10).await.unwrap();
+    assert_eq!(keys(&last), ["b1"]);
+    store
+        .record_results(&[(id(&last, 0), JobResult::Done)], 300_050)
+        .await
+        .unwrap();
+    assert!(store.claim_jobs(999_999, 100, 10).await.unwrap().is_empty());
+}
+
 /// Users' states: writes only raise each value, in one batch of many users too.
 async fn states_contract(store: &Store) {
     let state = |mail, calendar, contacts| StoredState {
@@ -396,6 +484,7 @@ async fn sqlite_jobs_contract() {
         .unwrap();
     jobs_contract(&store).await;
     due_order_contract(&store).await;
+    batch_contract(&store).await;
 }
 
 #[tokio::test]
@@ -505,6 +594,7 @@ async fn postgres_store_contract() {
     contract(&store).await;
     jobs_contract(&store).await;
     due_order_contract(&store).await;
+    batch_contract(&store).await;
     states_contract(&store).await;
     concurrent_claims(&store).await;
     journal_contract(&store).await;
@@ -610,15 +700,22 @@ async fn concurrent_claims(store: &Store) {
         .await
         .unwrap();
     store.insert_jobs(&jobs, 10_000).await.unwrap();
+    // Workers claiming one job at a time and several at once.
     let workers: Vec<_> = (0..8)
-        .map(|_| {
+        .map(|worker| {
             let store = store.clone();
             tokio::spawn(async move {
                 let mut claimed = Vec::new();
-                while let Some(claim) = store.claim_job(10_000, 1_000_000).await.unwrap() {
-                    claimed.push(claim);
+                loop {
+                    let batch = store
+                        .claim_jobs(10_000, 1_000_000, worker % 4 + 1)
+                        .await
+                        .unwrap();
+                    if batch.is_empty() {
+                        return claimed;
+                    }
+                    claimed.extend(batch);
                 }
-                claimed
             })
         })
         .collect();
@@ -639,6 +736,7 @@ async fn concurrent_claims(store: &Store) {
             }
         }
     }
+    assert_eq!(ids.len(), 200, "200 claims");
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 200, "every job claimed once");

@@ -1,6 +1,10 @@
-//! The worker pool: each worker claims a due job, sends it, and records the result (done,
-//! retried later with backoff, or dead with its last error). Workers wake when the writer has
-//! inserted jobs or when the next job falls due, never on a fixed poll.
+//! The worker pool: a dispatcher claims as many due jobs as there are free workers, in one
+//! transaction, and starts a send for each; a recorder writes their results (done, retried
+//! later with backoff, or dead with its last error) a batch per transaction, as they come in.
+//! Per email that leaves a fraction of a claim and of a commit instead of one of each, which
+//! on SQLite was most of a job's cost (each statement a round trip to its thread) and on
+//! PostgreSQL a flush of its log. The dispatcher wakes when the writer has inserted jobs, when
+//! a worker is free again or when the next job falls due, never on a fixed poll.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -22,7 +26,7 @@ use crate::backoff::{RetryPolicy, random_fraction};
 use crate::config::NotifyConfig;
 use crate::job::Work;
 use crate::metrics::Metrics;
-use crate::store::{Claim, Job, Store};
+use crate::store::{Claim, Job, JobResult, Store};
 
 /// How long a worker sleeps at most before looking again: the safety net for jobs changed by
 /// another process (`mailpush jobs retry`, another node) that no wake-up announces.
@@ -33,6 +37,8 @@ const JOURNAL_FILE: &str = "delivery.journal";
 const RECORD_RETRY: Duration = Duration::from_millis(250);
 /// Retries never wait longer than this.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// The most results recorded in one transaction.
+const RECORD_BATCH: usize = 256;
 
 /// Swaps in freshly loaded templates (SIGHUP); a template folder that does not load leaves
 /// the current set in place.
@@ -125,11 +131,13 @@ impl Journal {
     }
 }
 
-/// What a send came to, to record in the jobs table.
-enum Outcome {
-    Done,
-    Retry { at: i64, reason: String },
-    Dead(String),
+/// A job's result on its way to the recorder.
+struct Finished {
+    id: i64,
+    result: JobResult,
+    /// When the job's lease runs out: a result not recorded by then is given up (the job
+    /// is claimed again, at least once).
+    lease_ends: tokio::time::Instant,
 }
 
 /// What every worker shares.
@@ -244,30 +252,63 @@ impl Workers {
         Ok(())
     }
 
-    /// Starts `count` workers.
+    /// Starts the dispatcher of `count` workers and the recorder of their results.
     pub fn spawn(self, count: usize, tracker: &TaskTracker, shutdown: CancellationToken) {
-        let workers = Arc::new(self);
-        for index in 0..count.max(1) {
-            tracker.spawn(workers.clone().run(index, shutdown.clone()));
-        }
+        let count = count.max(1);
+        let (results, recorded) = mpsc::channel(RECORD_BATCH);
+        tracker.spawn(record_results(
+            self.store.clone(),
+            recorded,
+            self.wake.clone(),
+        ));
+        tracker.spawn(Arc::new(self).dispatch(count, results, tracker.clone(), shutdown));
     }
 
-    async fn run(self: Arc<Self>, index: usize, shutdown: CancellationToken) {
+    /// Claims due jobs for the free workers and starts a send for each, until shutdown. Each
+    /// send holds a worker's permit, so at most `count` run at once; at shutdown the sends
+    /// under way finish and their results are recorded.
+    async fn dispatch(
+        self: Arc<Self>,
+        count: usize,
+        results: mpsc::Sender<Finished>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        let free = Arc::new(Semaphore::new(count));
         while !shutdown.is_cancelled() {
+            let first = tokio::select! {
+                () = shutdown.cancelled() => return,
+                permit = free.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            let mut permits = vec![first];
+            while let Ok(permit) = free.clone().try_acquire_owned() {
+                permits.push(permit);
+            }
             // Register for a wake-up before looking, so an insert in between is not missed.
             let woken = self.wake.notified();
             let lease = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
-            match self.store.claim_job(now_ms(), lease).await {
-                Ok(Some(Claim::Job(job))) => self.process(job).await,
-                Ok(Some(Claim::NoCredit(job))) => {
-                    self.metrics.job_outcome("no_credit");
-                    tracing::info!(job = job.id, user = %job.user_id, "SMS not sent: no credit left");
+            let claimed_at = tokio::time::Instant::now();
+            match self.store.claim_jobs(now_ms(), lease, permits.len()).await {
+                Ok(claims) if !claims.is_empty() => {
+                    for claim in claims {
+                        let Some(job) = self.claimed(claim) else {
+                            continue;
+                        };
+                        let permit = permits.pop().expect("no more claims than free workers");
+                        let send = self.clone().process(
+                            job,
+                            claimed_at + self.lease,
+                            permit,
+                            results.clone(),
+                        );
+                        tracker.spawn(send);
+                    }
                 }
-                Ok(Some(Claim::Delivered(job))) => {
-                    self.metrics.job_outcome("sent");
-                    tracing::info!(job = job.id, user = %job.user_id, "job's email reached the relay before its worker died; marked done");
-                }
-                Ok(None) => {
+                Ok(_) => {
+                    drop(permits);
                     let wait = self.until_next_due().await;
                     tokio::select! {
                         () = shutdown.cancelled() => return,
@@ -276,12 +317,31 @@ impl Workers {
                     }
                 }
                 Err(err) => {
-                    tracing::error!(worker = index, error = %err, "cannot claim a job; retrying");
+                    drop(permits);
+                    tracing::error!(error = %err, "cannot claim jobs; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// The job to send, if the claim is one; a claim that settled the job itself is counted
+    /// and logged here.
+    fn claimed(&self, claim: Claim) -> Option<Job> {
+        match claim {
+            Claim::Job(job) => Some(job),
+            Claim::NoCredit(job) => {
+                self.metrics.job_outcome("no_credit");
+                tracing::info!(job = job.id, user = %job.user_id, "SMS not sent: no credit left");
+                None
+            }
+            Claim::Delivered(job) => {
+                self.metrics.job_outcome("sent");
+                tracing::info!(job = job.id, user = %job.user_id, "job's email reached the relay before its worker died; marked done");
+                None
             }
         }
     }
@@ -295,11 +355,18 @@ impl Workers {
         }
     }
 
-    /// Sends one claimed job and records what happened.
-    async fn process(&self, job: Job) {
+    /// Sends one claimed job and hands its result to the recorder; the worker is free again
+    /// once the result is handed over.
+    async fn process(
+        self: Arc<Self>,
+        job: Job,
+        lease_ends: tokio::time::Instant,
+        _worker: OwnedSemaphorePermit,
+        results: mpsc::Sender<Finished>,
+    ) {
         // A send that outlives its lease would race the next claim of the same job.
-        let budget = self
-            .lease
+        let budget = lease_ends
+            .saturating_duration_since(tokio::time::Instant::now())
             .saturating_sub(Duration::from_secs(1))
             .max(Duration::from_millis(500));
         let result = match tokio::time::timeout(budget, self.send(&job)).await {
@@ -309,54 +376,46 @@ impl Workers {
             ))),
         };
         let now = now_ms();
-        let outcome = match result {
+        let result = match result {
             Ok(()) => {
                 self.metrics.job_outcome("sent");
                 self.metrics.job_latency(Duration::from_millis(
                     u64::try_from(now - job.created_at).unwrap_or(0),
                 ));
-                Outcome::Done
+                JobResult::Done
             }
-            Err(SendError::Retry(reason)) if job.attempts < self.max_attempts => {
+            Err(SendError::Retry(error)) if job.attempts < self.max_attempts => {
                 let delay = self.backoff(job.attempts);
                 self.metrics.job_outcome("retried");
                 tracing::warn!(
                     job = job.id,
                     attempt = job.attempts,
                     ?delay,
-                    reason,
+                    reason = error,
                     "job failed; will retry"
                 );
-                let at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-                Outcome::Retry { at, reason }
+                let run_at_ms = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                JobResult::Retry { run_at_ms, error }
             }
-            Err(SendError::Retry(reason) | SendError::Permanent(reason)) => {
+            Err(SendError::Retry(error) | SendError::Permanent(error)) => {
                 self.metrics.job_outcome("dead");
-                tracing::warn!(job = job.id, attempts = job.attempts, reason, "job is dead");
-                Outcome::Dead(reason)
+                tracing::warn!(
+                    job = job.id,
+                    attempts = job.attempts,
+                    reason = error,
+                    "job is dead"
+                );
+                JobResult::Dead { error }
             }
         };
-        self.record(&job, now, &outcome).await;
-    }
-
-    /// Records what became of a job. While the database is away this keeps trying, within the
-    /// lease: a sent job left `running` would be claimed and sent again once the lease ran out.
-    async fn record(&self, job: &Job, now: i64, outcome: &Outcome) {
-        let deadline = tokio::time::Instant::now() + self.lease;
-        loop {
-            let recorded = match outcome {
-                Outcome::Done => self.store.finish_job(job.id, now).await,
-                Outcome::Retry { at, reason } => self.store.retry_job_at(job.id, *at, reason).await,
-                Outcome::Dead(reason) => self.store.bury_job(job.id, reason, now).await,
-            };
-            let Err(err) = recorded else { return };
-            if tokio::time::Instant::now() + RECORD_RETRY >= deadline {
-                // The lease runs out and the job is claimed again: at-least-once.
-                tracing::error!(job = job.id, error = %err, "cannot record the job's result");
-                return;
-            }
-            tracing::warn!(job = job.id, error = %err, "cannot record the job's result yet; retrying");
-            tokio::time::sleep(RECORD_RETRY).await;
+        let finished = Finished {
+            id: job.id,
+            result,
+            lease_ends,
+        };
+        // The recorder outlives every sender; a send fails only if its task panicked.
+        if results.send(finished).await.is_err() {
+            tracing::error!(job = job.id, "the job's result cannot be recorded");
         }
     }
 
@@ -427,5 +486,49 @@ impl Workers {
             cap: MAX_BACKOFF,
         };
         policy.delay(u32::try_from(attempts).unwrap_or(1), random_fraction())
+    }
+}
+
+/// Records the workers' results as they come in, each batch in one transaction, until every
+/// sender is gone (the dispatcher and the last send, at shutdown). While the database is away
+/// it keeps trying, within the results' leases: a sent job left `running` would be claimed and
+/// sent again once its lease ran out. A job put back in the queue wakes the dispatcher, which
+/// may have looked for due jobs while it was still running.
+async fn record_results(store: Store, mut results: mpsc::Receiver<Finished>, wake: Arc<Notify>) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while results.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        loop {
+            let now = tokio::time::Instant::now();
+            // A result whose lease has run out is another claim's now: at least once.
+            batch.retain(|finished: &Finished| {
+                let alive = finished.lease_ends > now;
+                if !alive {
+                    tracing::error!(
+                        job = finished.id,
+                        "the job's result was not recorded before its lease ran out"
+                    );
+                }
+                alive
+            });
+            if batch.is_empty() {
+                break;
+            }
+            let rows: Vec<(i64, JobResult)> = batch
+                .iter()
+                .map(|finished| (finished.id, finished.result.clone()))
+                .collect();
+            let Err(err) = store.record_results(&rows, now_ms()).await else {
+                if rows
+                    .iter()
+                    .any(|(_, result)| matches!(result, JobResult::Retry { .. }))
+                {
+                    wake.notify_waiters();
+                }
+                break;
+            };
+            tracing::warn!(jobs = rows.len(), error = %err, "cannot record the jobs' results yet; retrying");
+            tokio::time::sleep(RECORD_RETRY).await;
+        }
+        batch.clear();
     }
 }

@@ -29,6 +29,17 @@ pub struct NewJob {
     pub key: String,
 }
 
+/// What became of a leased job, to record ([`Store::record_results`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobResult {
+    /// Sent: done.
+    Done,
+    /// Failed for now: queued again from `run_at_ms`, keeping the error.
+    Retry { run_at_ms: i64, error: String },
+    /// Given up: dead, with its last error.
+    Dead { error: String },
+}
+
 /// A stored job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
@@ -199,71 +210,87 @@ impl Store {
         now_ms: i64,
         lease_ms: i64,
     ) -> Result<Option<Claim>, sqlx::Error> {
+        Ok(self.claim_jobs(now_ms, lease_ms, 1).await?.pop())
+    }
+
+    /// Leases up to `limit` of the most overdue jobs in one transaction, oldest due first, as
+    /// [`Store::claim_job`] leases one: a worker pool with several free workers pays one
+    /// round of statements and one commit for all of them instead of one each.
+    pub async fn claim_jobs(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Claim>, sqlx::Error> {
         let lock = match self {
             Store::Sqlite(_) => "",
             Store::Postgres(_) => " FOR UPDATE SKIP LOCKED",
         };
-        // The first due job of each kind, then the older of the two. Each pick walks the
-        // `(state, run_at)` index from its start, so a claim costs the same however many jobs
-        // wait or are done; one pick with `OR` sorted every due job first (620 µs a claim on
-        // SQLite with 5,000 queued, and on PostgreSQL a scan of the whole table).
+        // The first due jobs of each kind, then the older of the two lists. Each pick walks
+        // the `(state, run_at)` index from its start, so a claim costs the same however many
+        // jobs wait or are done; one pick with `OR` sorted every due job first (620 µs a claim
+        // on SQLite with 5,000 queued, and on PostgreSQL a scan of the whole table).
         let claim = format!(
             "WITH queued AS (SELECT id, run_at FROM jobs WHERE state = 'queued' AND run_at <= $2 \
-                             ORDER BY run_at, id LIMIT 1{lock}), \
+                             ORDER BY run_at, id LIMIT $3{lock}), \
                   expired AS (SELECT id, run_at FROM jobs WHERE state = 'running' AND lease_until <= $2 \
-                              ORDER BY run_at, id LIMIT 1{lock}) \
+                              ORDER BY run_at, id LIMIT $3{lock}) \
              UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1 \
-             WHERE id = (SELECT id FROM (SELECT id, run_at FROM queued UNION ALL SELECT id, run_at FROM expired) AS due \
-                         ORDER BY run_at, id LIMIT 1) \
+             WHERE id IN (SELECT id FROM (SELECT id, run_at FROM queued UNION ALL SELECT id, run_at FROM expired) AS due \
+                          ORDER BY run_at, id LIMIT $3) \
              RETURNING {COLUMNS}, sent_attempt"
         );
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let row: Option<ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(claim))
+            let mut rows: Vec<ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(claim))
                 .bind(now_ms + lease_ms)
                 .bind(now_ms)
-                .fetch_optional(&mut *tx)
+                .bind(limit)
+                .fetch_all(&mut *tx)
                 .await?;
-            let Some(ClaimedRow { job: row, sent_attempt }) = row else {
-                tx.commit().await?;
-                return Ok(None);
-            };
-            // The journal names the attempt whose lease just ran out: it reached the relay.
-            if sent_attempt == Some(row.attempts - 1) {
-                sqlx::query("UPDATE jobs SET state = 'done', finished_at = $2, lease_until = NULL, last_error = $3 WHERE id = $1")
-                    .bind(row.id)
+            // RETURNING follows no order.
+            rows.sort_by_key(|claimed| (claimed.job.run_at, claimed.job.id));
+            let mut claims = Vec::with_capacity(rows.len());
+            for ClaimedRow { job: row, sent_attempt } in rows {
+                // The journal names the attempt whose lease just ran out: it reached the relay.
+                if sent_attempt == Some(row.attempts - 1) {
+                    sqlx::query("UPDATE jobs SET state = 'done', finished_at = $2, lease_until = NULL, last_error = $3 WHERE id = $1")
+                        .bind(row.id)
+                        .bind(now_ms)
+                        .bind(DELIVERED_BEFORE_TAKEOVER)
+                        .execute(&mut *tx)
+                        .await?;
+                    let job = Job::try_from(row)?;
+                    claims.push(Claim::Delivered(Job { state: JobState::Done, finished_at: Some(now_ms), last_error: Some(DELIVERED_BEFORE_TAKEOVER.into()), ..job }));
+                    continue;
+                }
+                let needs_credit = row.kind == SMS_KIND && row.sms_charged == 0;
+                let job = Job::try_from(row)?;
+                if !needs_credit {
+                    claims.push(Claim::Job(job));
+                    continue;
+                }
+                let charged = sqlx::query("UPDATE users SET sms_credit = sms_credit - 1 WHERE user_id = $1 AND sms_credit > 0")
+                    .bind(&job.user_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if charged == 1 {
+                    sqlx::query("UPDATE jobs SET sms_charged = 1 WHERE id = $1").bind(job.id).execute(&mut *tx).await?;
+                    claims.push(Claim::Job(job));
+                    continue;
+                }
+                sqlx::query("UPDATE jobs SET state = 'dead', last_error = $2, finished_at = $3, lease_until = NULL WHERE id = $1")
+                    .bind(job.id)
+                    .bind("no SMS credit")
                     .bind(now_ms)
-                    .bind(DELIVERED_BEFORE_TAKEOVER)
                     .execute(&mut *tx)
                     .await?;
-                tx.commit().await?;
-                let job = Job::try_from(row)?;
-                return Ok(Some(Claim::Delivered(Job { state: JobState::Done, finished_at: Some(now_ms), last_error: Some(DELIVERED_BEFORE_TAKEOVER.into()), ..job })));
+                claims.push(Claim::NoCredit(Job { state: JobState::Dead, last_error: Some("no SMS credit".into()), finished_at: Some(now_ms), ..job }));
             }
-            let needs_credit = row.kind == SMS_KIND && row.sms_charged == 0;
-            let job = Job::try_from(row)?;
-            if !needs_credit {
-                tx.commit().await?;
-                return Ok(Some(Claim::Job(job)));
-            }
-            let charged = sqlx::query("UPDATE users SET sms_credit = sms_credit - 1 WHERE user_id = $1 AND sms_credit > 0")
-                .bind(&job.user_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if charged == 1 {
-                sqlx::query("UPDATE jobs SET sms_charged = 1 WHERE id = $1").bind(job.id).execute(&mut *tx).await?;
-                tx.commit().await?;
-                return Ok(Some(Claim::Job(job)));
-            }
-            sqlx::query("UPDATE jobs SET state = 'dead', last_error = $2, finished_at = $3, lease_until = NULL WHERE id = $1")
-                .bind(job.id)
-                .bind("no SMS credit")
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
             tx.commit().await?;
-            Ok(Some(Claim::NoCredit(Job { state: JobState::Dead, last_error: Some("no SMS credit".into()), finished_at: Some(now_ms), ..job })))
+            Ok(claims)
         })
     }
 
@@ -279,14 +306,67 @@ impl Store {
 
     /// Marks a job sent.
     pub async fn finish_job(&self, id: i64, now_ms: i64) -> Result<(), sqlx::Error> {
-        on_pool!(self, pool => sqlx::query(
-            "UPDATE jobs SET state = 'done', finished_at = $2, lease_until = NULL, last_error = NULL WHERE id = $1"
-        )
-        .bind(id)
-        .bind(now_ms)
-        .execute(pool)
-        .await
-        .map(drop))
+        self.record_results(&[(id, JobResult::Done)], now_ms).await
+    }
+
+    /// Records what became of a batch of leased jobs in one transaction (the worker pool's
+    /// results as they come in): the sent ones in one statement, each failure with its own
+    /// error. `now_ms` is their finishing time.
+    pub async fn record_results(
+        &self,
+        results: &[(i64, JobResult)],
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        let done: Vec<i64> = results
+            .iter()
+            .filter(|(_, result)| matches!(result, JobResult::Done))
+            .map(|(id, _)| *id)
+            .collect();
+        // Placeholders only: nothing in the text comes from outside.
+        let finish = (!done.is_empty()).then(|| {
+            let ids: Vec<String> = (0..done.len()).map(|n| format!("${}", n + 2)).collect();
+            format!(
+                "UPDATE jobs SET state = 'done', finished_at = $1, lease_until = NULL, last_error = NULL \
+                 WHERE id IN ({})",
+                ids.join(", ")
+            )
+        });
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            if let Some(finish) = finish {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(finish)).bind(now_ms);
+                for id in &done {
+                    query = query.bind(id);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            for (id, result) in results {
+                match result {
+                    JobResult::Done => {}
+                    JobResult::Retry { run_at_ms, error } => {
+                        sqlx::query(
+                            "UPDATE jobs SET state = 'queued', run_at = $2, lease_until = NULL, last_error = $3, sent_attempt = NULL WHERE id = $1"
+                        )
+                        .bind(id)
+                        .bind(run_at_ms)
+                        .bind(error)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    JobResult::Dead { error } => {
+                        sqlx::query(
+                            "UPDATE jobs SET state = 'dead', last_error = $2, finished_at = $3, lease_until = NULL WHERE id = $1"
+                        )
+                        .bind(id)
+                        .bind(error)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+            }
+            tx.commit().await
+        })
     }
 
     /// Marks done the jobs of a crashed run whose email reached the relay: each `(id, attempt)`
@@ -324,28 +404,19 @@ impl Store {
         run_at_ms: i64,
         error: &str,
     ) -> Result<(), sqlx::Error> {
-        on_pool!(self, pool => sqlx::query(
-            "UPDATE jobs SET state = 'queued', run_at = $2, lease_until = NULL, last_error = $3, sent_attempt = NULL WHERE id = $1"
-        )
-        .bind(id)
-        .bind(run_at_ms)
-        .bind(error)
-        .execute(pool)
-        .await
-        .map(drop))
+        let retry = JobResult::Retry {
+            run_at_ms,
+            error: error.to_owned(),
+        };
+        self.record_results(&[(id, retry)], run_at_ms).await
     }
 
     /// Gives a job up: dead, with its last error.
     pub async fn bury_job(&self, id: i64, error: &str, now_ms: i64) -> Result<(), sqlx::Error> {
-        on_pool!(self, pool => sqlx::query(
-            "UPDATE jobs SET state = 'dead', last_error = $2, finished_at = $3, lease_until = NULL WHERE id = $1"
-        )
-        .bind(id)
-        .bind(error)
-        .bind(now_ms)
-        .execute(pool)
-        .await
-        .map(drop))
+        let dead = JobResult::Dead {
+            error: error.to_owned(),
+        };
+        self.record_results(&[(id, dead)], now_ms).await
     }
 
     /// When the next job falls due (a queued job's `run_at` or a running job's lease end).

@@ -22,8 +22,8 @@ pub use devices::{
     Device, DeviceError, Environment, NewDevice, PayloadFormat, Platform, Upserted, WebPushKeys,
 };
 pub use jobs::{
-    Claim, DELIVERED_BEFORE_CRASH, DELIVERED_BEFORE_TAKEOVER, Job, JobState, JournalConnection,
-    NewJob,
+    Claim, DELIVERED_BEFORE_CRASH, DELIVERED_BEFORE_TAKEOVER, Job, JobResult, JobState,
+    JournalConnection, NewJob,
 };
 pub use states::StoredState;
 pub use users::{User, UserUpdate};
