@@ -147,12 +147,18 @@ async fn clients_of_a_killed_node_resume_on_another_with_nothing_missed() {
         assert_eq!(stream.next_state().await, (1, 0, 0));
     }
 
-    // Events keep coming at A while B dies and its clients move to C.
+    // Events keep coming at A while B dies and its clients move to C. The second half waits
+    // for B's death: a slow run must not see the last state on B already, leaving C nothing
+    // to send.
     let socket = a.socket.clone();
+    let (b_is_dead, second_half) = std::sync::mpsc::channel::<()>();
     let producer = std::thread::spawn({
         let users = users.clone();
         move || {
             for modseq in 2..=LAST {
+                if modseq == LAST / 2 + 1 {
+                    second_half.recv().expect("the test goes on");
+                }
                 for user in &users {
                     common::send_datagram(&socket, &mail_event_datagram(user, modseq));
                 }
@@ -166,6 +172,7 @@ async fn clients_of_a_killed_node_resume_on_another_with_nothing_missed() {
     }
     b.kill();
     drop(streams);
+    b_is_dead.send(()).expect("the producer waits");
     let mut resumed = Vec::new();
     for (user, seen) in users.iter().zip(&seen_on_b) {
         resumed.push(legacy(&cluster, &c, user, Some(seen)).await);

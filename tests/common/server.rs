@@ -138,8 +138,23 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what its servers logged: the CI log is all a failure leaves.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
+            eprintln!(
+                "--- mailpush at {} logged (last {} lines):\n{}",
+                self.http,
+                tail.len(),
+                tail.join("\n")
+            );
+        }
     }
 }
+
+/// How many of a server's last log lines a failing test prints.
+const LOG_TAIL: usize = 60;
 
 fn field(line: &str, prefix: &str) -> Option<SocketAddr> {
     let start = line.find(prefix)? + prefix.len();
