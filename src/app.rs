@@ -204,7 +204,12 @@ pub async fn run(
 async fn open_storage(config: &Config) -> anyhow::Result<Storage> {
     let keys = Arc::new(TokenKeys::load(&config.auth, &config.storage.data_dir)?);
     let database_url = config.database.url.as_ref().map(|url| url.expose());
-    let store = Store::connect(database_url, &config.default_database_file()).await?;
+    let store = Store::connect_with(
+        database_url,
+        &config.default_database_file(),
+        config.database.max_connections,
+    )
+    .await?;
     let devices = Arc::new(DeviceCache::new(
         store.all_devices().await.context("cannot load devices")?,
     ));

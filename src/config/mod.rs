@@ -132,11 +132,24 @@ pub struct StorageConfig {
 }
 
 /// The database used by the device registry and the job queue.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// `sqlite:` or `postgres://` URL; default: `sqlite://<data_dir>/mailpush.db`.
     pub url: Option<SecretUrl>,
+    /// PostgreSQL connections this node opens at most. Each email being sent holds one for
+    /// its delivery record, so it must exceed `notify.workers`; a query that finds none free
+    /// waits up to 10 s, then fails (and is retried). SQLite always has one.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            max_connections: crate::store::DEFAULT_MAX_CONNECTIONS,
+        }
+    }
 }
 
 /// Client tokens.

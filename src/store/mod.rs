@@ -28,6 +28,9 @@ pub use jobs::{
 pub use states::StoredState;
 pub use users::{User, UserUpdate};
 
+/// PostgreSQL connections a pool opens unless told otherwise (`database.max_connections`).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+
 /// A connection pool to one of the two supported databases.
 #[derive(Clone, Debug)]
 pub enum Store {
@@ -49,12 +52,23 @@ pub(crate) use on_pool;
 
 impl Store {
     /// Opens the configured database (`url`), or the SQLite file `default_file` when no URL is
-    /// set, and runs the migrations.
+    /// set, and runs the migrations; a PostgreSQL pool of [`DEFAULT_MAX_CONNECTIONS`] (the
+    /// admin commands, tests).
     pub async fn connect(url: Option<&str>, default_file: &Path) -> anyhow::Result<Store> {
+        Store::connect_with(url, default_file, DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    /// [`Store::connect`] with a PostgreSQL pool of at most `max_connections`
+    /// (`database.max_connections`; SQLite always has one).
+    pub async fn connect_with(
+        url: Option<&str>,
+        default_file: &Path,
+        max_connections: u32,
+    ) -> anyhow::Result<Store> {
         let store = match url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 let options = PgConnectOptions::from_str(url).context("bad database.url")?;
-                Store::postgres(options).await?
+                Store::postgres_with(options, max_connections).await?
             }
             Some(url) => {
                 let options = SqliteConnectOptions::from_str(url).context("bad database.url")?;
@@ -76,8 +90,16 @@ impl Store {
 
     /// Connects to PostgreSQL with these options (tests use them to pick a schema).
     pub async fn postgres(options: PgConnectOptions) -> anyhow::Result<Store> {
+        Store::postgres_with(options, DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    /// [`Store::postgres`] with a pool of at most `max_connections`.
+    pub async fn postgres_with(
+        options: PgConnectOptions,
+        max_connections: u32,
+    ) -> anyhow::Result<Store> {
         let pool = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
