@@ -328,6 +328,19 @@ async fn due_order_contract(store: &Store) {
 /// Claims and results in batches: a batch claim takes the jobs that fell due first, as many as
 /// asked and each once; a batch of results records each job's own outcome.
 async fn batch_contract(store: &Store) {
+    // One key twice in one batch, and a key already stored: one job each.
+    let twice = [
+        job("dave", "sieve_email", "t1"),
+        job("dave", "sieve_email", "t1"),
+    ];
+    assert_eq!(store.insert_jobs(&twice, 150_000).await.unwrap(), 1);
+    assert_eq!(store.insert_jobs(&twice[..1], 150_000).await.unwrap(), 0);
+    let Some(Claim::Job(t1)) = store.claim_job(150_000, 100).await.unwrap() else {
+        panic!("t1 is due")
+    };
+    store.finish_job(t1.id, 150_050).await.unwrap();
+    assert_eq!(store.claim_job(199_999, 100).await.unwrap(), None);
+
     for (n, at) in (200_000..200_005).enumerate() {
         store
             .insert_jobs(&[job("dave", "sieve_email", &format!("b{n}"))], at)

@@ -122,6 +122,10 @@ struct ClaimedRow {
     sent_attempt: Option<i64>,
 }
 
+/// Jobs inserted by one statement: six parameters each, well under either database's limit
+/// (SQLite's 32,766).
+const INSERT_ROWS: usize = 256;
+
 const COLUMNS: &str = "id, user_id, kind, payload, state, attempts, run_at, last_error, idempotency_key, \
                        sms_charged, created_at, finished_at";
 
@@ -180,23 +184,26 @@ impl TryFrom<JobRow> for Job {
 
 impl Store {
     /// Inserts a batch in one transaction, skipping keys already known; returns how many were new.
+    /// One statement per [`INSERT_ROWS`] jobs: a statement a job cost PostgreSQL a round trip
+    /// and an executor start each.
     pub async fn insert_jobs(&self, jobs: &[NewJob], now_ms: i64) -> Result<u64, sqlx::Error> {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let mut inserted = 0;
-            for job in jobs {
-                let result = sqlx::query(
-                    "INSERT INTO jobs (user_id, kind, payload, idempotency_key, run_at, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (idempotency_key) DO NOTHING",
-                )
-                .bind(&job.user_id)
-                .bind(&job.kind)
-                .bind(&job.payload)
-                .bind(&job.key)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-                inserted += result.rows_affected();
+            for chunk in jobs.chunks(INSERT_ROWS) {
+                let mut insert = sqlx::QueryBuilder::new(
+                    "INSERT INTO jobs (user_id, kind, payload, idempotency_key, run_at, created_at) ",
+                );
+                insert.push_values(chunk, |mut row, job| {
+                    row.push_bind(&job.user_id)
+                        .push_bind(&job.kind)
+                        .push_bind(&job.payload)
+                        .push_bind(&job.key)
+                        .push_bind(now_ms)
+                        .push_bind(now_ms);
+                });
+                insert.push(" ON CONFLICT (idempotency_key) DO NOTHING");
+                inserted += insert.build().execute(&mut *tx).await?.rows_affected();
             }
             tx.commit().await?;
             Ok(inserted)
