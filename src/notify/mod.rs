@@ -29,10 +29,10 @@ use crate::store::NewJob;
 /// Why a send failed, classified once by the transport.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    /// Try again later (5xx, timeouts, connection refused).
+    /// Try again later (an SMTP 4xx, a provider's HTTP 5xx, timeouts, connection refused).
     #[error("{0}")]
     Retry(String),
-    /// Retrying cannot help (4xx, bad address, no number).
+    /// Retrying cannot help (an SMTP 5xx, a provider's HTTP 4xx, a bad address, no number).
     #[error("{0}")]
     Permanent(String),
 }

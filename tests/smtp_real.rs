@@ -1,0 +1,163 @@
+//! Email through an SMTP server nobody here wrote: nodemailer's `smtp-server` from npm
+//! (`tests/peers/smtp_server.js`, run by node on an ephemeral port). It offers PIPELINING, as
+//! relays do, so the workers send each transaction's commands as one group; the server says
+//! which connections did, takes each message, and refuses some recipients with a 550.
+//!
+//! Needs `MAILPUSH_TEST_NODE_MODULES`: a `node_modules` folder holding `smtp-server`
+//! (`.ci/run` installs it).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use common::{TestApp, wait_until};
+use mailpush::store::JobState;
+use serde_json::{Value, json};
+
+/// The running peer and the messages it took, in order.
+struct SmtpServer {
+    child: Child,
+    port: u16,
+    messages: Arc<Mutex<Vec<Value>>>,
+}
+
+impl SmtpServer {
+    fn start() -> SmtpServer {
+        let modules = std::env::var("MAILPUSH_TEST_NODE_MODULES")
+            .expect("MAILPUSH_TEST_NODE_MODULES: a node_modules folder with smtp-server");
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/smtp_server.js");
+        let mut child = Command::new("node")
+            .arg(script)
+            .env("NODE_PATH", modules)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run node");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first: Value = serde_json::from_str(
+            &lines
+                .next()
+                .expect("smtp-server said where it listens")
+                .expect("read"),
+        )
+        .expect("a JSON line");
+        let port = first["listening"].as_u64().expect("a port") as u16;
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        std::thread::spawn(move || {
+            for line in lines {
+                let Ok(line) = line else { break };
+                let message = serde_json::from_str(&line).expect("a JSON line");
+                sink.lock().unwrap().push(message);
+            }
+        });
+        SmtpServer {
+            child,
+            port,
+            messages,
+        }
+    }
+
+    fn messages(&self) -> Vec<Value> {
+        self.messages.lock().unwrap().clone()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The captured CalendarAlarm, turned into an email alarm for `user` to `recipient`.
+fn email_alarm(user: &str, recipient: &str) -> Vec<u8> {
+    let captured: Value = serde_json::from_slice(
+        &std::fs::read(common::fixtures().join("cyrus/129-CalendarAlarm.json")).unwrap(),
+    )
+    .unwrap();
+    let mut alarm = captured["event"].clone();
+    alarm["action"] = json!("email");
+    alarm["userId"] = json!(user);
+    alarm["alarmRecipients"] = json!([format!("mailto:{recipient}")]);
+    [
+        b"mailpush\0EVENT\0\0\0\x000\0".as_slice(),
+        alarm.to_string().as_bytes(),
+        b"\0",
+    ]
+    .concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs node and smtp-server from npm (MAILPUSH_TEST_NODE_MODULES)"]
+async fn alarms_reach_a_real_relay_pipelined_each_once_and_a_refused_recipient_is_dead() {
+    const ALARMS: usize = 40;
+    let server = SmtpServer::start();
+    let app = TestApp::builder()
+        .env(
+            "MAILPUSH_NOTIFY__SMTP__URL",
+            &format!("smtp://127.0.0.1:{}", server.port),
+        )
+        .env("MAILPUSH_NOTIFY__FROM", "notifications@example.test")
+        .env("MAILPUSH_NOTIFY__WORKERS", "4")
+        .start()
+        .await;
+    for n in 0..ALARMS {
+        app.send_datagram(&email_alarm("alice", &format!("guest{n}@example.test")));
+    }
+    app.send_datagram(&email_alarm("alice", "refused@example.test"));
+
+    let store = app.store().await;
+    wait_until("every alarm sent and the refused one dead", || async {
+        server.messages().len() >= ALARMS
+            && !store
+                .jobs(Some(JobState::Dead), 10)
+                .await
+                .unwrap()
+                .is_empty()
+    })
+    .await;
+    let messages = server.messages();
+    let mut recipients: Vec<String> = messages
+        .iter()
+        .flat_map(|message| message["to"].as_array().unwrap().clone())
+        .map(|to| to.as_str().unwrap().to_owned())
+        .collect();
+    recipients.sort();
+    let mut expected: Vec<String> = (0..ALARMS)
+        .map(|n| format!("guest{n}@example.test"))
+        .collect();
+    expected.sort();
+    assert_eq!(recipients, expected, "each guest once, nobody else");
+    for message in &messages {
+        assert_eq!(message["from"], "notifications@example.test");
+        assert!(
+            message["groups"].as_u64().unwrap() >= 1,
+            "the relay offers PIPELINING: MAIL, RCPT and DATA to {} came as one group",
+            message["to"]
+        );
+        let data = message["data"].as_str().unwrap();
+        let parsed = mail_parser::MessageParser::default()
+            .parse(data.as_bytes())
+            .expect("a message");
+        assert!(parsed.subject().is_some_and(|s| !s.is_empty()), "{data}");
+    }
+
+    let dead = store.jobs(Some(JobState::Dead), 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].attempts, 1, "a 550 is not tried again");
+    let error = dead[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("550") && error.contains("no such user"),
+        "the relay's own words: {error}"
+    );
+    // Sent jobs are done; nothing is left to send twice.
+    wait_until("all sent jobs done", || async {
+        store.jobs(Some(JobState::Done), 100).await.unwrap().len() == ALARMS
+    })
+    .await;
+    assert_eq!(server.messages().len(), ALARMS);
+}
