@@ -6,6 +6,10 @@
 //! cargo run --release --example jobs_bench -- [JOBS] [WORKERS]
 //! ```
 //!
+//! The sink offers PIPELINING, as relays do; `JOBS_BENCH_PIPELINING=0` hides it, for the
+//! figure of a transaction's commands one round trip each. `JOBS_BENCH_RELAY_DELAY_US` holds
+//! each of its answers that long, as a relay a network away would.
+//!
 //! With `MAILPUSH_DATABASE__URL` set to a PostgreSQL database, the jobs table is there instead
 //! (use a scratch database: jobs an earlier run left pending there would be sent too; each run
 //! makes keys of its own, so finished runs do not matter). Each
@@ -13,12 +17,13 @@
 //! saw, so the figure says nothing was lost or sent twice.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mailin_embedded::{Handler, Response, Server, response};
 use mailpush::app::{self, Listeners};
 use mailpush::config::Config;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// What the sink received: each email's recipients, and how many were seen twice.
 #[derive(Default)]
@@ -27,33 +32,109 @@ struct Received {
     twice: usize,
 }
 
-/// The SMTP sink's handler, cloned per connection: the transaction's recipients, then the
-/// shared record once the message is accepted.
-#[derive(Clone)]
-struct Sink {
+/// Starts the SMTP sink on a thread and runtime of its own, so it takes no time from
+/// mailpush's workers: it offers PIPELINING unless told not to, answers a pipelined group's
+/// commands with one write (RFC 2920: replies go once no more input is buffered), and records
+/// each message's recipients once the message is taken.
+fn start_sink(
     received: Arc<Mutex<Received>>,
-    rcpts: Vec<String>,
+    pipelining: bool,
+    delay: Duration,
+) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("the sink's runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(serve(socket, received.clone(), pipelining, delay));
+            }
+        });
+    });
+    Ok(addr)
 }
 
-impl Handler for Sink {
-    fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, _from: &str) -> Response {
-        self.rcpts.clear();
-        response::OK
+/// Writes the replies gathered so far, `delay` after they were due: a relay that far away.
+async fn answer(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    replies: &mut Vec<u8>,
+    delay: Duration,
+) -> std::io::Result<()> {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
+    writer.write_all(replies).await?;
+    replies.clear();
+    Ok(())
+}
 
-    fn rcpt(&mut self, to: &str) -> Response {
-        self.rcpts.push(to.to_owned());
-        response::OK
-    }
-
-    fn data_end(&mut self) -> Response {
-        let mut received = self.received.lock().expect("sink");
-        for rcpt in self.rcpts.drain(..) {
-            if !received.recipients.insert(rcpt) {
-                received.twice += 1;
-            }
+/// One SMTP session of the sink.
+async fn serve(
+    socket: tokio::net::TcpStream,
+    received: Arc<Mutex<Received>>,
+    pipelining: bool,
+    delay: Duration,
+) -> std::io::Result<()> {
+    socket.set_nodelay(true)?;
+    let (reader, mut writer) = socket.into_split();
+    let mut reader = BufReader::new(reader);
+    let mut replies: Vec<u8> = b"220 sink.example.test ESMTP\r\n".to_vec();
+    let mut rcpts = Vec::new();
+    let mut line = String::new();
+    loop {
+        if reader.buffer().is_empty() && !replies.is_empty() {
+            answer(&mut writer, &mut replies, delay).await?;
         }
-        response::OK
+        line.clear();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+        match verb.as_str() {
+            "EHLO" if pipelining => replies
+                .extend_from_slice(b"250-sink.example.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"),
+            "EHLO" => replies.extend_from_slice(b"250-sink.example.test\r\n250 8BITMIME\r\n"),
+            "MAIL" => {
+                rcpts.clear();
+                replies.extend_from_slice(b"250 2.1.0 Ok\r\n");
+            }
+            "RCPT" => {
+                let to = line.trim_end().trim_start_matches(|c| c != '<');
+                rcpts.push(to.trim_matches(['<', '>']).to_owned());
+                replies.extend_from_slice(b"250 2.1.5 Ok\r\n");
+            }
+            "DATA" => {
+                replies.extend_from_slice(b"354 Go ahead\r\n");
+                answer(&mut writer, &mut replies, delay).await?;
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).await? == 0 {
+                        return Ok(());
+                    }
+                    if line == ".\r\n" {
+                        break;
+                    }
+                }
+                let mut received = received.lock().expect("sink");
+                for rcpt in rcpts.drain(..) {
+                    if !received.recipients.insert(rcpt) {
+                        received.twice += 1;
+                    }
+                }
+                replies.extend_from_slice(b"250 2.0.0 Queued\r\n");
+            }
+            "QUIT" => {
+                replies.extend_from_slice(b"221 Bye\r\n");
+                return answer(&mut writer, &mut replies, Duration::ZERO).await;
+            }
+            "RSET" | "NOOP" => replies.extend_from_slice(b"250 Ok\r\n"),
+            _ => replies.extend_from_slice(b"500 5.5.2 What?\r\n"),
+        }
     }
 }
 
@@ -63,21 +144,16 @@ async fn main() -> anyhow::Result<()> {
     let jobs: u32 = args.next().map_or(Ok(2_000), |n| n.parse())?;
     let workers: usize = args.next().map_or(Ok(8), |n| n.parse())?;
 
+    let pipelining = std::env::var("JOBS_BENCH_PIPELINING").map_or(true, |value| value != "0");
+
     let received = Arc::new(Mutex::new(Received::default()));
-    let sink = Sink {
-        received: received.clone(),
-        rcpts: Vec::new(),
-    };
-    let smtp = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let smtp_url = format!("smtp://{}", smtp.local_addr()?);
-    let mut server = Server::new(sink);
-    server
-        .with_name("sink.example.test")
-        .with_num_threads(workers as u32)
-        .with_tcp_listener(smtp);
-    std::thread::spawn(move || {
-        let _ = server.serve();
-    });
+    let delay = Duration::from_micros(
+        std::env::var("JOBS_BENCH_RELAY_DELAY_US").map_or(Ok(0), |value| value.parse())?,
+    );
+    let smtp_url = format!(
+        "smtp://{}",
+        start_sink(received.clone(), pipelining, delay)?
+    );
 
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("notify.sock");
@@ -140,7 +216,7 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     let delivered = count();
     println!(
-        "{delivered}/{jobs} emails in {:.2} s: {:.0} jobs/s ({workers} workers, {}, SMTP on loopback)",
+        "{delivered}/{jobs} emails in {:.2} s: {:.0} jobs/s ({workers} workers, {}, SMTP on loopback{})",
         elapsed.as_secs_f64(),
         delivered as f64 / elapsed.as_secs_f64(),
         if database.is_some() {
@@ -148,6 +224,15 @@ async fn main() -> anyhow::Result<()> {
         } else {
             "SQLite"
         },
+        format_args!(
+            "{}{}",
+            if pipelining { ", PIPELINING" } else { "" },
+            if delay.is_zero() {
+                String::new()
+            } else {
+                format!(", answers {delay:?} late")
+            }
+        ),
     );
     let twice = received.lock().expect("sink").twice;
     println!(
