@@ -7,35 +7,13 @@ mod common;
 use std::time::Duration;
 
 use common::smtp::{SmsMock, SmtpSink};
-use common::{TestApp, metric, wait_until};
+use common::{TestApp, email_alarm, event_datagram, metric, wait_until};
 use mail_parser::MimeHeaders;
 use mailpush::store::{JobState, UserUpdate};
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(common::fixtures().join("cyrus").join(name)).unwrap()
-}
-
-fn event_datagram(json: &Value) -> Vec<u8> {
-    [
-        b"mailpush\0EVENT\0\0\0\x000\0".as_slice(),
-        json.to_string().as_bytes(),
-        b"\0",
-    ]
-    .concat()
-}
-
-/// The captured CalendarAlarm, turned into an email alarm for `user` to `recipient`.
-fn email_alarm(user: &str, recipient: &str) -> Vec<u8> {
-    let captured: Value = serde_json::from_slice(
-        &std::fs::read(common::fixtures().join("cyrus/129-CalendarAlarm.json")).unwrap(),
-    )
-    .unwrap();
-    let mut alarm = captured["event"].clone();
-    alarm["action"] = json!("email");
-    alarm["userId"] = json!(user);
-    alarm["alarmRecipients"] = json!([format!("mailto:{recipient}")]);
-    event_datagram(&alarm)
 }
 
 /// A Sieve legacy `sms` packet; `delivery` stands for lmtpd's staging file, one per message.

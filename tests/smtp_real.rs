@@ -12,9 +12,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use common::{TestApp, wait_until};
+use common::{TestApp, email_alarm, wait_until};
 use mailpush::store::JobState;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The running peer and the messages it took, in order.
 struct SmtpServer {
@@ -71,24 +71,6 @@ impl Drop for SmtpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The captured CalendarAlarm, turned into an email alarm for `user` to `recipient`.
-fn email_alarm(user: &str, recipient: &str) -> Vec<u8> {
-    let captured: Value = serde_json::from_slice(
-        &std::fs::read(common::fixtures().join("cyrus/129-CalendarAlarm.json")).unwrap(),
-    )
-    .unwrap();
-    let mut alarm = captured["event"].clone();
-    alarm["action"] = json!("email");
-    alarm["userId"] = json!(user);
-    alarm["alarmRecipients"] = json!([format!("mailto:{recipient}")]);
-    [
-        b"mailpush\0EVENT\0\0\0\x000\0".as_slice(),
-        alarm.to_string().as_bytes(),
-        b"\0",
-    ]
-    .concat()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

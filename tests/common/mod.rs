@@ -315,17 +315,37 @@ pub fn send_datagram(path: &Path, bytes: &[u8]) {
     socket.send_to(bytes, path).expect("send datagram");
 }
 
-/// A Cyrus datagram of a MessageNew in `user`'s INBOX at mail modseq `modseq`.
-pub fn mail_event_datagram(user: &str, modseq: u64) -> Vec<u8> {
-    let json = format!(
-        r#"{{"event":"MessageNew","uri":"imap://h/user/{user};UIDVALIDITY=1/;UID={modseq}","modseq":{modseq},"vnd.cmu.mbtype":"e"}}"#
-    );
+/// A Cyrus datagram carrying the RFC 5423 event `json`.
+pub fn event_datagram(json: &serde_json::Value) -> Vec<u8> {
     [
         b"mailpush\0EVENT\0\0\0\x000\0".as_slice(),
-        json.as_bytes(),
+        json.to_string().as_bytes(),
         b"\0",
     ]
     .concat()
+}
+
+/// A Cyrus datagram of a MessageNew in `user`'s INBOX at mail modseq `modseq`.
+pub fn mail_event_datagram(user: &str, modseq: u64) -> Vec<u8> {
+    event_datagram(&serde_json::json!({
+        "event": "MessageNew",
+        "uri": format!("imap://h/user/{user};UIDVALIDITY=1/;UID={modseq}"),
+        "modseq": modseq,
+        "vnd.cmu.mbtype": "e",
+    }))
+}
+
+/// The captured CalendarAlarm, turned into an email alarm for `user` to `recipient`.
+pub fn email_alarm(user: &str, recipient: &str) -> Vec<u8> {
+    let captured: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixtures().join("cyrus/129-CalendarAlarm.json")).expect("the fixture"),
+    )
+    .expect("JSON");
+    let mut alarm = captured["event"].clone();
+    alarm["action"] = "email".into();
+    alarm["userId"] = user.into();
+    alarm["alarmRecipients"] = serde_json::json!([format!("mailto:{recipient}")]);
+    event_datagram(&alarm)
 }
 
 /// A Sieve `mailto:` notify datagram for delivery `n`, to its own recipient `r<n>@example.test`.
