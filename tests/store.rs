@@ -1,6 +1,8 @@
 //! The device store's contract, run against SQLite always and against PostgreSQL when
 //! `MAILPUSH_TEST_PG_URL` names a server (CI sets it; `cargo test -- --ignored` runs it).
 
+mod common;
+
 use std::str::FromStr;
 
 use mailpush::store::{
@@ -639,19 +641,43 @@ async fn journal_contract(store: &Store) {
     let Some(Claim::Job(retried)) = store.claim_job(20_000, 100).await.unwrap() else {
         panic!("j2")
     };
-    for job in [&sent, &retried] {
-        let connection = store
-            .journal_connection()
+    // j1's worker dies right after the record's first poll, before any answer: the request
+    // had left by then, so the record lands all the same.
+    let connection = store
+        .journal_connection()
+        .await
+        .unwrap()
+        .expect("PostgreSQL");
+    let request_out = AtomicBool::new(false);
+    {
+        let mut record = std::pin::pin!(connection.record(sent.id, sent.attempts, &request_out));
+        let _ = futures_util::poll!(record.as_mut());
+    }
+    assert!(request_out.load(Ordering::Acquire));
+    let Store::Postgres(pool) = store else {
+        unreachable!("the journal is PostgreSQL's")
+    };
+    common::wait_until("j1's record to land", || async {
+        sqlx::query_scalar::<_, Option<i64>>("SELECT sent_attempt FROM jobs WHERE id = $1")
+            .bind(sent.id)
+            .fetch_one(pool)
             .await
             .unwrap()
-            .expect("PostgreSQL");
-        let request_out = AtomicBool::new(false);
-        connection
-            .record(job.id, job.attempts, &request_out)
-            .await
-            .unwrap();
-        assert!(request_out.load(Ordering::Acquire));
-    }
+            == Some(sent.attempts)
+    })
+    .await;
+    // j2's record is answered.
+    let connection = store
+        .journal_connection()
+        .await
+        .unwrap()
+        .expect("PostgreSQL");
+    let request_out = AtomicBool::new(false);
+    connection
+        .record(retried.id, retried.attempts, &request_out)
+        .await
+        .unwrap();
+    assert!(request_out.load(Ordering::Acquire));
     // j2's relay refused the message after all: it is retried, and its record forgotten.
     store.retry_job_at(retried.id, 20_000, "451").await.unwrap();
     // j1's worker died after the `.`: once the lease runs out, the claim finds it delivered.

@@ -94,25 +94,31 @@ impl JournalConnection {
     /// the relay: if its worker dies now, the claim that takes the job over marks it done
     /// instead of sending it again.
     ///
-    /// One simple-protocol query on a connection with nothing outstanding: its first poll
-    /// writes the whole request to the socket before it waits for the answer, and the server
-    /// runs a query it has received even if the client dies. `sent` is set just before that
-    /// first poll of the query.
+    /// One prepared statement on a connection with nothing outstanding: the statement was
+    /// parsed when the connection was taken ([`Store::journal_connection`]), so the first
+    /// poll writes the whole request (Bind, Execute, Sync) to the socket before it waits for
+    /// the answer, and the server runs a query it has received even if the client dies.
+    /// `sent` is set just before that first poll of the query.
     pub async fn record(
         mut self,
         id: i64,
         attempt: i64,
         sent: &std::sync::atomic::AtomicBool,
     ) -> Result<(), sqlx::Error> {
-        // Two integers: nothing in the text comes from outside.
-        let sql = format!(
-            "UPDATE jobs SET sent_attempt = {attempt} WHERE id = {id} AND attempts = {attempt} AND state = 'running'"
-        );
-        let query = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *self.0);
+        let query = sqlx::query(JOURNAL_RECORD)
+            .bind(attempt)
+            .bind(id)
+            .execute(&mut *self.0);
         sent.store(true, std::sync::atomic::Ordering::Release);
         query.await.map(drop)
     }
 }
+
+/// The delivery journal's record: prepared once per connection and kept in its statement
+/// cache, where a simple-protocol query was parsed and planned at every email (half of its
+/// 155 µs of server time).
+const JOURNAL_RECORD: &str =
+    "UPDATE jobs SET sent_attempt = $1 WHERE id = $2 AND attempts = $1 AND state = 'running'";
 
 /// A claimed row, with the attempt the delivery journal names.
 #[derive(sqlx::FromRow)]
@@ -307,7 +313,17 @@ impl Store {
     pub async fn journal_connection(&self) -> Result<Option<JournalConnection>, sqlx::Error> {
         match self {
             Store::Sqlite(_) => Ok(None),
-            Store::Postgres(pool) => Ok(Some(JournalConnection(pool.acquire().await?))),
+            Store::Postgres(pool) => {
+                let mut connection = pool.acquire().await?;
+                // Parsed now, on the connection's first journal only (sqlx caches it): the
+                // record itself must not wait for a Parse before its request leaves.
+                sqlx::Executor::prepare(
+                    &mut *connection,
+                    sqlx::SqlSafeStr::into_sql_str(JOURNAL_RECORD),
+                )
+                .await?;
+                Ok(Some(JournalConnection(connection)))
+            }
         }
     }
 
