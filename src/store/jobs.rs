@@ -240,9 +240,11 @@ impl Store {
             Store::Postgres(_) => " FOR UPDATE SKIP LOCKED",
         };
         // The first due jobs of each kind, then the older of the two lists. Each pick walks
-        // the `(state, run_at)` index from its start, so a claim costs the same however many
-        // jobs wait or are done; one pick with `OR` sorted every due job first (620 µs a claim
-        // on SQLite with 5,000 queued, and on PostgreSQL a scan of the whole table).
+        // the `(state, run_at, id)` index (on SQLite `(state, run_at)`, which ends in the
+        // rowid) from its start, in the order it takes jobs, so a claim costs the same however
+        // many jobs wait or are done; one pick with `OR` sorted every due job first (620 µs a
+        // claim on SQLite with 5,000 queued, and on PostgreSQL a scan of the whole table), and
+        // so did the PostgreSQL index without the id, once jobs shared their run_at.
         let claim = format!(
             "WITH queued AS (SELECT id, run_at FROM jobs WHERE state = 'queued' AND run_at <= $2 \
                              ORDER BY run_at, id LIMIT $3{lock}), \
