@@ -1,8 +1,10 @@
 # Multi-stage build: compile in the Rust image, run in a slim Debian as a non-root user.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src src
+COPY migrations migrations
+COPY templates templates
 COPY benches benches
 COPY examples examples
 COPY tests tests
