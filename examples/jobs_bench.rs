@@ -12,7 +12,8 @@
 //!
 //! With `MAILPUSH_DATABASE__URL` set to a PostgreSQL database, the jobs table is there instead
 //! (use a scratch database: jobs an earlier run left pending there would be sent too; each run
-//! makes keys of its own, so finished runs do not matter). Each
+//! makes keys of its own, so finished runs do not matter); any other `MAILPUSH_*` setting in
+//! the environment is passed on. Each
 //! email has its own recipient, and the sink counts recipients it saw twice and ones it never
 //! saw, so the figure says nothing was lost or sent twice.
 
@@ -171,10 +172,10 @@ async fn main() -> anyhow::Result<()> {
         ("MAILPUSH_NOTIFY__WORKERS".to_owned(), workers.to_string()),
     ];
     let database = std::env::var("MAILPUSH_DATABASE__URL").ok();
+    // Any other setting of the environment's (`MAILPUSH_DATABASE__MAX_CONNECTIONS` for more
+    // workers on PostgreSQL, say) comes after the bench's own, and wins.
     let mut env = env;
-    if let Some(url) = &database {
-        env.push(("MAILPUSH_DATABASE__URL".to_owned(), url.clone()));
-    }
+    env.extend(std::env::vars().filter(|(key, _)| key.starts_with("MAILPUSH_")));
     let config = Config::load(None, env)?;
     let listeners = Listeners::bind(&config).await?;
     let ready = format!("http://{}/readyz", listeners.http_addr()?);
