@@ -198,6 +198,35 @@ async fn clients_of_a_killed_node_resume_on_another_with_nothing_missed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs NATS and PostgreSQL (MAILPUSH_TEST_NATS_SERVER, MAILPUSH_TEST_PG_URL)"]
+async fn a_stream_opened_while_nats_is_frozen_catches_up_once_it_answers() {
+    let nats = private_nats();
+    let cluster = Cluster::new(&nats.url())
+        .await
+        .env("MAILPUSH_CLUSTER__REQUEST_TIMEOUT_MS", "500");
+    let (a, c) = (cluster.start("a"), cluster.start("c"));
+    // NATS freezes: C stays connected, but the read of alice's record gets no answer, and her
+    // stream opens on what C knows.
+    nats.pause();
+    let mut alice_on_c = legacy(&cluster, &c, "alice", None).await;
+    assert_eq!(
+        c.metric("mailpush_state_record_failures_total{operation=\"load\"}")
+            .await,
+        1.0
+    );
+    nats.unpause();
+    // Nothing reconnects, so no resync: the subscription, written before the read on the same
+    // connection, is what brings alice's next state.
+    a.send_datagram(&mail_event_datagram("alice", 7));
+    alice_on_c.state_reaching((7, 0, 0)).await;
+    assert_eq!(
+        c.metric("mailpush_cluster_resyncs_total").await,
+        1.0,
+        "the first connection's only"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS and PostgreSQL (MAILPUSH_TEST_NATS_SERVER, MAILPUSH_TEST_PG_URL)"]
 async fn after_a_nats_restart_no_stream_is_left_stale() {
     let mut nats = private_nats();
     let cluster = Cluster::new(&nats.url()).await;

@@ -2,10 +2,13 @@
 //! NATS) while it holds at least one stream of theirs, and stops when the last one closes.
 //! It never hears of users it does not serve.
 //!
-//! A stream's opening subscribes first (waiting until the server has the subscription) and
-//! reads the record second ([`crate::stream::persist::Persistence::prepare`]): any state stored
-//! after the read is republished to a subscription that already exists, so nothing falls in
-//! between. What the node hears is merged into its hub, which only ever raises a state, so a
+//! A stream's opening subscribes first (its SUB written to the socket) and reads the record
+//! second ([`crate::stream::persist::Persistence::prepare`]), on the same connection: the
+//! server handles a connection's messages in order, so it has the subscription before it
+//! handles the read, and any state stored after the read is republished to a subscription
+//! that already exists; nothing falls in between. (The client's flush writes the socket; it
+//! waits for no answer: with the server frozen, the subscription is written and the read
+//! times out, and the stream opens on what the node knows until the next state arrives.) What the node hears is merged into its hub, which only ever raises a state, so a
 //! value heard twice or late changes nothing; a reminder is written to the user's streams.
 //!
 //! Each listening user has one subscription and one small task that reads it. When a stream
@@ -151,8 +154,8 @@ impl Relay {
         let subject = self.link.names.user_subjects(user);
         let subscribed = tokio::time::timeout(self.link.timeout, async {
             let subscriber = self.link.client.subscribe(subject).await?;
-            // Once the server answers the flush it has the subscription: a read of the
-            // record made after this cannot miss a later write.
+            // Written to the socket before the record's read: the server, which takes a
+            // connection's messages in order, has the subscription when it reads.
             self.link.client.flush().await?;
             Ok::<_, async_nats::Error>(subscriber)
         })

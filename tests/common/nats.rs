@@ -51,6 +51,26 @@ impl PrivateNats {
         }
     }
 
+    /// Freezes the server (SIGSTOP): its connections stay open and nothing is answered, as a
+    /// server too busy to answer would.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run on (SIGCONT).
+    pub fn unpause(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Starts the server (again) on the same port and store, and waits until it answers.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");
