@@ -620,6 +620,15 @@ async fn postgres_store_contract() {
         .unwrap();
 }
 
+/// A connection for one delivery record (PostgreSQL only).
+async fn journal(store: &Store) -> mailpush::store::JournalConnection {
+    store
+        .journal_connection()
+        .await
+        .unwrap()
+        .expect("PostgreSQL")
+}
+
 /// The delivery journal in the jobs' rows (nodes sharing PostgreSQL): a job whose lease ran
 /// out in the attempt the journal names is done when claimed, not sent again; a retried or
 /// requeued job forgets the record of its earlier attempt.
@@ -643,11 +652,7 @@ async fn journal_contract(store: &Store) {
     };
     // j1's worker dies right after the record's first poll, before any answer: the request
     // had left by then, so the record lands all the same.
-    let connection = store
-        .journal_connection()
-        .await
-        .unwrap()
-        .expect("PostgreSQL");
+    let connection = journal(store).await;
     let request_out = AtomicBool::new(false);
     {
         let mut record = std::pin::pin!(connection.record(sent.id, sent.attempts, &request_out));
@@ -667,11 +672,7 @@ async fn journal_contract(store: &Store) {
     })
     .await;
     // j2's record is answered.
-    let connection = store
-        .journal_connection()
-        .await
-        .unwrap()
-        .expect("PostgreSQL");
+    let connection = journal(store).await;
     let request_out = AtomicBool::new(false);
     connection
         .record(retried.id, retried.attempts, &request_out)
@@ -701,11 +702,7 @@ async fn journal_contract(store: &Store) {
         "{j1:?}"
     );
     // A record for an attempt that is not the running one changes nothing.
-    let connection = store
-        .journal_connection()
-        .await
-        .unwrap()
-        .expect("PostgreSQL");
+    let connection = journal(store).await;
     connection
         .record(again.id, 1, &AtomicBool::new(false))
         .await

@@ -6,10 +6,12 @@
 //! second ([`crate::stream::persist::Persistence::prepare`]), on the same connection: the
 //! server handles a connection's messages in order, so it has the subscription before it
 //! handles the read, and any state stored after the read is republished to a subscription
-//! that already exists; nothing falls in between. (The client's flush writes the socket; it
-//! waits for no answer: with the server frozen, the subscription is written and the read
-//! times out, and the stream opens on what the node knows until the next state arrives.) What the node hears is merged into its hub, which only ever raises a state, so a
-//! value heard twice or late changes nothing; a reminder is written to the user's streams.
+//! that already exists; nothing falls in between. The client's flush writes the socket and
+//! waits for no answer: with the server frozen, the subscription is written, the read times
+//! out, and the stream opens on what the node knows until the next state arrives.
+//!
+//! What the node hears is merged into its hub, which only ever raises a state, so a value
+//! heard twice or late changes nothing; a reminder is written to the user's streams.
 //!
 //! Each listening user has one subscription and one small task that reads it. When a stream
 //! closes, the hub tells the relay the user's name; the sweeper then unsubscribes every such
