@@ -4,7 +4,7 @@
 //! A job is inserted once per idempotency key, so a replayed event never sends twice. Workers
 //! claim due jobs with a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite has a single
 //! writer); a job whose worker died is claimed again once its lease has run out. An SMS job's
-//! credit is taken in the claiming transaction, once per job, and only if there is credit left.
+//! credit is taken right after its claim, once per job, and only if there is credit left.
 
 use super::{Store, on_pool};
 use crate::job::SMS_KIND;
@@ -120,14 +120,6 @@ impl JournalConnection {
 const JOURNAL_RECORD: &str =
     "UPDATE jobs SET sent_attempt = $1 WHERE id = $2 AND attempts = $1 AND state = 'running'";
 
-/// A claimed row, with the attempt the delivery journal names.
-#[derive(sqlx::FromRow)]
-struct ClaimedRow {
-    #[sqlx(flatten)]
-    job: JobRow,
-    sent_attempt: Option<i64>,
-}
-
 /// Jobs inserted by one statement: six parameters each, well under either database's limit
 /// (SQLite's 32,766).
 const INSERT_ROWS: usize = 256;
@@ -138,6 +130,9 @@ const COLUMNS: &str = "id, user_id, kind, payload, state, attempts, run_at, last
 /// The note on a job finished from the delivery journal at start-up.
 pub const DELIVERED_BEFORE_CRASH: &str =
     "handed to the relay before a crash; marked done at start-up from the delivery journal";
+
+/// The last error of an SMS job whose user had no credit left.
+const NO_CREDIT: &str = "no SMS credit";
 
 /// The note on a job another worker found delivered when its lease ran out.
 pub const DELIVERED_BEFORE_TAKEOVER: &str = "handed to the relay before its worker died; marked done when the lease ran out, from the delivery journal";
@@ -189,18 +184,20 @@ impl TryFrom<JobRow> for Job {
 }
 
 impl Store {
-    /// Inserts a batch in one transaction, skipping keys already known; returns how many were new.
-    /// One statement per [`INSERT_ROWS`] jobs: a statement a job cost PostgreSQL a round trip
-    /// and an executor start each.
+    /// Inserts a batch atomically, skipping keys already known; returns how many were new.
+    /// One statement per [`INSERT_ROWS`] jobs (a statement a job cost PostgreSQL a round trip
+    /// and an executor start each), in a transaction only when there are several.
     pub async fn insert_jobs(&self, jobs: &[NewJob], now_ms: i64) -> Result<u64, sqlx::Error> {
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let mut inserted = 0;
-            for chunk in jobs.chunks(INSERT_ROWS) {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        // A macro, not a closure: each pool's arm builds for its own database.
+        macro_rules! insert {
+            ($chunk:expr) => {{
                 let mut insert = sqlx::QueryBuilder::new(
                     "INSERT INTO jobs (user_id, kind, payload, idempotency_key, run_at, created_at) ",
                 );
-                insert.push_values(chunk, |mut row, job| {
+                insert.push_values($chunk, |mut row, job| {
                     row.push_bind(&job.user_id)
                         .push_bind(&job.kind)
                         .push_bind(&job.payload)
@@ -209,7 +206,18 @@ impl Store {
                         .push_bind(now_ms);
                 });
                 insert.push(" ON CONFLICT (idempotency_key) DO NOTHING");
-                inserted += insert.build().execute(&mut *tx).await?.rows_affected();
+                insert
+            }};
+        }
+        on_pool!(self, pool => {
+            if jobs.len() <= INSERT_ROWS {
+                // One statement: atomic by itself (on SQLite, one round trip to its thread).
+                return Ok(insert!(jobs).build().execute(pool).await?.rows_affected());
+            }
+            let mut tx = pool.begin().await?;
+            let mut inserted = 0;
+            for chunk in jobs.chunks(INSERT_ROWS) {
+                inserted += insert!(chunk).build().execute(&mut *tx).await?.rows_affected();
             }
             tx.commit().await?;
             Ok(inserted)
@@ -226,9 +234,14 @@ impl Store {
         Ok(self.claim_jobs(now_ms, lease_ms, 1).await?.pop())
     }
 
-    /// Leases up to `limit` of the most overdue jobs in one transaction, oldest due first, as
-    /// [`Store::claim_job`] leases one: a worker pool with several free workers pays one
-    /// round of statements and one commit for all of them instead of one each.
+    /// Leases up to `limit` of the most overdue jobs, oldest due first, as [`Store::claim_job`]
+    /// leases one: a worker pool with several free workers pays one statement for all of them.
+    ///
+    /// The lease, and the delivery journal's verdict on a job whose lease ran out, are one
+    /// statement, atomic by itself: on SQLite each statement is a round trip to its thread, and
+    /// a transaction's `BEGIN` and `COMMIT` were two more. An SMS job's credit is taken after,
+    /// in a transaction of its own; if the process dies in between, or that transaction fails,
+    /// the job's lease runs out and the next claim charges it, still once.
     pub async fn claim_jobs(
         &self,
         now_ms: i64,
@@ -245,47 +258,75 @@ impl Store {
         // many jobs wait or are done; one pick with `OR` sorted every due job first (620 µs a
         // claim on SQLite with 5,000 queued, and on PostgreSQL a scan of the whole table), and
         // so did the PostgreSQL index without the id, once jobs shared their run_at.
+        //
+        // A job whose journal names the attempt whose lease just ran out (`sent_attempt =
+        // attempts`, before the increment) reached the relay: it is marked done, not leased.
         let claim = format!(
             "WITH queued AS (SELECT id, run_at FROM jobs WHERE state = 'queued' AND run_at <= $2 \
                              ORDER BY run_at, id LIMIT $3{lock}), \
                   expired AS (SELECT id, run_at FROM jobs WHERE state = 'running' AND lease_until <= $2 \
                               ORDER BY run_at, id LIMIT $3{lock}) \
-             UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1 \
+             UPDATE jobs SET attempts = attempts + 1, \
+                 state = CASE WHEN sent_attempt = attempts THEN 'done' ELSE 'running' END, \
+                 lease_until = CASE WHEN sent_attempt = attempts THEN NULL ELSE $1 END, \
+                 finished_at = CASE WHEN sent_attempt = attempts THEN $2 ELSE finished_at END, \
+                 last_error = CASE WHEN sent_attempt = attempts THEN $4 ELSE last_error END \
              WHERE id IN (SELECT id FROM (SELECT id, run_at FROM queued UNION ALL SELECT id, run_at FROM expired) AS due \
                           ORDER BY run_at, id LIMIT $3) \
-             RETURNING {COLUMNS}, sent_attempt"
+             RETURNING {COLUMNS}"
         );
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let mut rows: Vec<JobRow> = on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(claim))
+            .bind(now_ms + lease_ms)
+            .bind(now_ms)
+            .bind(limit)
+            .bind(DELIVERED_BEFORE_TAKEOVER)
+            .fetch_all(pool)
+            .await?);
+        // RETURNING follows no order.
+        rows.sort_by_key(|row| (row.run_at, row.id));
+        let mut claims = Vec::with_capacity(rows.len());
+        let mut unpaid = Vec::new();
+        for row in rows {
+            let needs_credit = row.kind == SMS_KIND && row.sms_charged == 0;
+            let job = Job::try_from(row)?;
+            if job.state == JobState::Done {
+                claims.push(Claim::Delivered(job));
+                continue;
+            }
+            if needs_credit {
+                unpaid.push(claims.len());
+            }
+            claims.push(Claim::Job(job));
+        }
+        if !unpaid.is_empty()
+            && let Err(err) = self.charge_sms_credit(&mut claims, &unpaid, now_ms).await
+        {
+            // The other jobs are leased and go out; these wait for their leases to run out.
+            tracing::warn!(jobs = unpaid.len(), error = %err, "cannot take SMS credit yet; those texts wait for their leases to run out");
+            let mut index = 0;
+            claims.retain(|_| {
+                index += 1;
+                !unpaid.contains(&(index - 1))
+            });
+        }
+        Ok(claims)
+    }
+
+    /// Takes a credit for each SMS job leased at `unpaid` (indices into `claims`), in one
+    /// transaction; a job whose user has none left is dead, and its claim says so.
+    async fn charge_sms_credit(
+        &self,
+        claims: &mut [Claim],
+        unpaid: &[usize],
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let mut rows: Vec<ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(claim))
-                .bind(now_ms + lease_ms)
-                .bind(now_ms)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?;
-            // RETURNING follows no order.
-            rows.sort_by_key(|claimed| (claimed.job.run_at, claimed.job.id));
-            let mut claims = Vec::with_capacity(rows.len());
-            for ClaimedRow { job: row, sent_attempt } in rows {
-                // The journal names the attempt whose lease just ran out: it reached the relay.
-                if sent_attempt == Some(row.attempts - 1) {
-                    sqlx::query("UPDATE jobs SET state = 'done', finished_at = $2, lease_until = NULL, last_error = $3 WHERE id = $1")
-                        .bind(row.id)
-                        .bind(now_ms)
-                        .bind(DELIVERED_BEFORE_TAKEOVER)
-                        .execute(&mut *tx)
-                        .await?;
-                    let job = Job::try_from(row)?;
-                    claims.push(Claim::Delivered(Job { state: JobState::Done, finished_at: Some(now_ms), last_error: Some(DELIVERED_BEFORE_TAKEOVER.into()), ..job }));
+            for &index in unpaid {
+                let Claim::Job(job) = &claims[index] else {
                     continue;
-                }
-                let needs_credit = row.kind == SMS_KIND && row.sms_charged == 0;
-                let job = Job::try_from(row)?;
-                if !needs_credit {
-                    claims.push(Claim::Job(job));
-                    continue;
-                }
+                };
                 let charged = sqlx::query("UPDATE users SET sms_credit = sms_credit - 1 WHERE user_id = $1 AND sms_credit > 0")
                     .bind(&job.user_id)
                     .execute(&mut *tx)
@@ -293,19 +334,18 @@ impl Store {
                     .rows_affected();
                 if charged == 1 {
                     sqlx::query("UPDATE jobs SET sms_charged = 1 WHERE id = $1").bind(job.id).execute(&mut *tx).await?;
-                    claims.push(Claim::Job(job));
                     continue;
                 }
                 sqlx::query("UPDATE jobs SET state = 'dead', last_error = $2, finished_at = $3, lease_until = NULL WHERE id = $1")
                     .bind(job.id)
-                    .bind("no SMS credit")
+                    .bind(NO_CREDIT)
                     .bind(now_ms)
                     .execute(&mut *tx)
                     .await?;
-                claims.push(Claim::NoCredit(Job { state: JobState::Dead, last_error: Some("no SMS credit".into()), finished_at: Some(now_ms), ..job }));
+                let dead = Job { state: JobState::Dead, last_error: Some(NO_CREDIT.into()), finished_at: Some(now_ms), ..job.clone() };
+                claims[index] = Claim::NoCredit(dead);
             }
-            tx.commit().await?;
-            Ok(claims)
+            tx.commit().await
         })
     }
 
@@ -334,9 +374,10 @@ impl Store {
         self.record_results(&[(id, JobResult::Done)], now_ms).await
     }
 
-    /// Records what became of a batch of leased jobs in one transaction (the worker pool's
-    /// results as they come in): the sent ones in one statement, each failure with its own
-    /// error. `now_ms` is their finishing time.
+    /// Records what became of a batch of leased jobs atomically (the worker pool's results as
+    /// they come in): the sent ones in one statement, each failure with its own error. A batch
+    /// of sent jobs alone is that one statement, with no transaction around it. `now_ms` is
+    /// their finishing time.
     pub async fn record_results(
         &self,
         results: &[(i64, JobResult)],
@@ -357,40 +398,36 @@ impl Store {
             )
         });
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut statements = Vec::new();
             if let Some(finish) = finish {
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(finish)).bind(now_ms);
                 for id in &done {
-                    query = query.bind(id);
+                    query = query.bind(*id);
                 }
-                query.execute(&mut *tx).await?;
+                statements.push(query);
             }
             for (id, result) in results {
                 match result {
                     JobResult::Done => {}
-                    JobResult::Retry { run_at_ms, error } => {
-                        sqlx::query(
+                    JobResult::Retry { run_at_ms, error } => statements.push(
+                        sqlx::query(sqlx::AssertSqlSafe(
                             "UPDATE jobs SET state = 'queued', run_at = $2, lease_until = NULL, last_error = $3, sent_attempt = NULL WHERE id = $1"
-                        )
-                        .bind(id)
-                        .bind(run_at_ms)
-                        .bind(error)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    JobResult::Dead { error } => {
-                        sqlx::query(
+                        ))
+                        .bind(*id)
+                        .bind(*run_at_ms)
+                        .bind(error.clone()),
+                    ),
+                    JobResult::Dead { error } => statements.push(
+                        sqlx::query(sqlx::AssertSqlSafe(
                             "UPDATE jobs SET state = 'dead', last_error = $2, finished_at = $3, lease_until = NULL WHERE id = $1"
-                        )
-                        .bind(id)
-                        .bind(error)
-                        .bind(now_ms)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
+                        ))
+                        .bind(*id)
+                        .bind(error.clone())
+                        .bind(now_ms),
+                    ),
                 }
             }
-            tx.commit().await
+            run_atomically(pool, statements).await
         })
     }
 
@@ -480,4 +517,28 @@ impl Store {
         .rows_affected());
         Ok(updated == 1)
     }
+}
+
+/// Runs `statements` as one: a lone statement by itself, atomic already, and more in a
+/// transaction. On SQLite every statement, `BEGIN` and `COMMIT` included, is a round trip to
+/// the connection's thread, so a lone statement costs one hand-off instead of three.
+async fn run_atomically<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    statements: Vec<sqlx::query::Query<'_, DB, DB::Arguments>>,
+) -> Result<(), sqlx::Error>
+where
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    if statements.len() <= 1 {
+        for statement in statements {
+            statement.execute(pool).await?;
+        }
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    for statement in statements {
+        statement.execute(&mut *tx).await?;
+    }
+    tx.commit().await
 }
