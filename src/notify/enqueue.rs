@@ -107,8 +107,11 @@ async fn run(
             return;
         };
         reader = returned;
-        let batch = match read {
-            Ok(batch) => batch,
+        let Read {
+            batch,
+            auto_submitted,
+        } = match read {
+            Ok(read) => read,
             Err(err) => {
                 tracing::error!(error = %err, "cannot read the job spool; trying again in 1 s");
                 tokio::select! {
@@ -117,7 +120,9 @@ async fn run(
                 }
             }
         };
-        if !batch.is_empty() && !write_batch(&batch, &store, &metrics, &shutdown).await {
+        if !batch.is_empty()
+            && !write_batch(&batch, &auto_submitted, &store, &metrics, &shutdown).await
+        {
             // Shutting down with the database away: the spool keeps the batch.
             return;
         }
@@ -144,14 +149,34 @@ async fn run(
     }
 }
 
-/// Reads the next batch on a blocking thread; None when the runtime shut down first.
+/// A batch read from the spool, and for each of its jobs whether an auto-submitted message
+/// triggered it.
+struct Read {
+    batch: SpoolBatch,
+    auto_submitted: Vec<bool>,
+}
+
+/// Reads the next batch, and the triggering messages' headers, on a blocking thread: one
+/// hand-off a batch (a file read each was a hand-off each). None when the runtime shut down
+/// first.
 async fn read_batch(
     spool: Arc<Spool>,
     mut reader: SpoolReader,
-) -> Option<(SpoolReader, std::io::Result<SpoolBatch>)> {
+) -> Option<(SpoolReader, std::io::Result<Read>)> {
     let read = tokio::task::spawn_blocking(move || {
-        let batch = reader.read_batch(&spool, BATCH);
-        (reader, batch)
+        let read = reader.read_batch(&spool, BATCH).map(|batch| {
+            let mut head = vec![0u8; HEAD_BYTES];
+            let auto_submitted = batch
+                .requests
+                .iter()
+                .map(|request| triggered_by_auto_submitted(request, &mut head))
+                .collect();
+            Read {
+                batch,
+                auto_submitted,
+            }
+        });
+        (reader, read)
     })
     .await;
     match read {
@@ -162,16 +187,18 @@ async fn read_batch(
     }
 }
 
-/// Writes one batch (auto-submitted triggers left out); false if shutdown came first.
+/// Writes one batch, leaving out the jobs an auto-submitted message triggered; false if
+/// shutdown came first.
 async fn write_batch(
     batch: &SpoolBatch,
+    auto_submitted: &[bool],
     store: &Store,
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> bool {
     let mut rows: Vec<NewJob> = Vec::with_capacity(batch.requests.len());
-    for request in &batch.requests {
-        if triggered_by_auto_submitted(request).await {
+    for (request, &auto_submitted) in batch.requests.iter().zip(auto_submitted) {
+        if auto_submitted {
             metrics.job_outcome("skipped_auto_submitted");
             tracing::info!(user = %request.user, "no notification about an auto-submitted message");
             continue;
@@ -181,20 +208,21 @@ async fn write_batch(
     rows.is_empty() || write(store, &rows, metrics, shutdown).await
 }
 
+/// How much of a triggering message is read for its header.
+const HEAD_BYTES: usize = 64 * 1024;
+
 /// Whether the message that triggered a notification says `Auto-Submitted` (anything but
 /// `no`): RFC 5436 forbids notifying about auto-replies, notifications and bounces. The
 /// staging file is read while lmtpd is still delivering; if it is already gone, the
 /// notification is sent (its own `Auto-Submitted: auto-notified` stops loops downstream).
-async fn triggered_by_auto_submitted(request: &JobRequest) -> bool {
+/// `head` is the buffer to read into, shared by a batch.
+fn triggered_by_auto_submitted(request: &JobRequest, head: &mut [u8]) -> bool {
+    use std::io::Read;
     let Some(path) = &request.trigger else {
         return false;
     };
-    let mut head = vec![0u8; 64 * 1024];
-    let read = match tokio::fs::File::open(path).await {
-        Ok(mut file) => {
-            use tokio::io::AsyncReadExt;
-            file.read(&mut head).await.unwrap_or(0)
-        }
+    let read = match std::fs::File::open(path) {
+        Ok(mut file) => file.read(head).unwrap_or(0),
         Err(err) => {
             tracing::debug!(path, error = %err, "cannot read the triggering message; notifying anyway");
             return false;
