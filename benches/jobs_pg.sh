@@ -26,7 +26,7 @@ trap cleanup EXIT
 as_postgres "$BIN/initdb" -A trust -U postgres --no-sync -D "$DIR/data" >/dev/null
 as_postgres "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/log" -w start -o \
   "-c listen_addresses=127.0.0.1 -p $PORT -c unix_socket_directories=$DIR \
-   -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all -c pg_stat_statements.track_planning=on" >/dev/null
+   -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all -c pg_stat_statements.track_planning=on ${JOBS_PG_SERVER_OPTS:-}" >/dev/null
 URL=postgres://postgres@127.0.0.1:$PORT/postgres
 psql -q "$URL" -c 'CREATE EXTENSION pg_stat_statements'
 

@@ -196,16 +196,27 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    // The staging path is part of each job's idempotency key: a run of its own, so a database
-    // kept from an earlier run takes these jobs as new.
-    let run = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_nanos();
+    // Each notification names the message that triggered it, as lmtpd's do, and mailpush
+    // reads its header (no `Auto-Submitted`: every one is sent). The staging path is part of
+    // each job's idempotency key, and the temp dir's name is new each run, so a database kept
+    // from an earlier run takes these jobs as new.
+    let stage = dir.path().join("stage");
+    std::fs::create_dir(&stage)?;
+    for n in 0..jobs {
+        std::fs::write(
+            stage.join(n.to_string()),
+            format!(
+                "From: bob@example.test\r\nTo: alice@example.test\r\nSubject: Mail {n}\r\n\
+                 Message-ID: <{n}@example.test>\r\n\r\nHello.\r\n"
+            ),
+        )?;
+    }
     let started = Instant::now();
     let sender = std::os::unix::net::UnixDatagram::unbound()?;
     for n in 0..jobs {
         let packet = format!(
-            "mailto\0SIEVE\0normal\0alice\0\x001\0r{n}@example.test\0Mail {n}\0/stage/{run}/{n}\0"
+            "mailto\0SIEVE\0normal\0alice\0\x001\0r{n}@example.test\0Mail {n}\0{}\0",
+            stage.join(n.to_string()).display()
         );
         sender.send_to(packet.as_bytes(), &socket)?;
     }
