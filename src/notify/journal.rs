@@ -14,11 +14,17 @@
 //! the node that takes over a dead node's job after its lease finds it and marks it done.
 //! There the window is the time between the record's request leaving for the database and
 //! the `.` being written: microseconds, unless the machine deschedules the worker right then.
+//! [`Journal`] is the workers' side: which of the two a node records in, and when.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::smtp::Commit;
+use crate::store::Store;
 
 /// The journal is rotated past this size; the previous file is kept one rotation longer.
 const ROTATE_BYTES: u64 = 1 << 20;
@@ -112,6 +118,87 @@ impl DeliveryJournal {
     /// Where the journal is, for messages.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Where a worker records that a message's final `.` is about to go out.
+pub(super) enum Journal {
+    /// A lone node: a file in its data dir, applied at its next start.
+    File(Arc<DeliveryJournal>),
+    /// Nodes sharing PostgreSQL: the job's row, which the worker taking it over reads. The
+    /// file is kept for what an older run on this data dir left in it.
+    Database(Store, Arc<DeliveryJournal>),
+}
+
+/// How long the database may take to give a connection for, or to record, a delivery.
+const JOURNAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Journal {
+    /// The journal for a node on `store`: nodes sharing PostgreSQL journal there, so whichever
+    /// takes a dead node's job over sees what it delivered; a lone node on SQLite in `file`.
+    pub(super) fn new(store: &Store, file: DeliveryJournal) -> Journal {
+        match store {
+            Store::Postgres(_) => Journal::Database(store.clone(), Arc::new(file)),
+            Store::Sqlite(_) => Journal::File(Arc::new(file)),
+        }
+    }
+
+    /// Gets ready to record that `attempt` of `job` is about to be committed at the relay; the
+    /// relay's connection runs the record right before the final `.`. Never fails the send: a
+    /// record that cannot be made is logged, and a crash at that moment would send the message
+    /// again, as with no journal.
+    pub(super) async fn commit(&self, job: i64, attempt: i64) -> Commit {
+        let store = match self {
+            Journal::File(file) => {
+                let file = file.clone();
+                return Commit {
+                    record: Box::pin(async move { file.record(job, attempt) }),
+                    sent: Arc::default(),
+                };
+            }
+            Journal::Database(store, _) => store,
+        };
+        let connection = match tokio::time::timeout(JOURNAL_TIMEOUT, store.journal_connection())
+            .await
+        {
+            Ok(Ok(Some(connection))) => connection,
+            Ok(Ok(None)) => return Commit::done(),
+            Ok(Err(err)) => {
+                tracing::error!(job, error = %err, "cannot journal the delivery; sending anyway");
+                return Commit::done();
+            }
+            Err(_) => {
+                tracing::error!(
+                    job,
+                    "no database connection to journal the delivery in 2 s; sending anyway"
+                );
+                return Commit::done();
+            }
+        };
+        let sent = Arc::new(AtomicBool::new(false));
+        let flag = sent.clone();
+        let record = async move {
+            match tokio::time::timeout(JOURNAL_TIMEOUT, connection.record(job, attempt, &flag))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::error!(job, error = %err, "the database did not journal the delivery")
+                }
+                Err(_) => tracing::error!(job, "the database did not journal the delivery in 2 s"),
+            }
+        };
+        Commit {
+            record: Box::pin(record),
+            sent,
+        }
+    }
+
+    /// The file journal.
+    pub(super) fn file(&self) -> &DeliveryJournal {
+        match self {
+            Journal::File(file) | Journal::Database(_, file) => file,
+        }
     }
 }
 

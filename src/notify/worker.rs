@@ -8,7 +8,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,10 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::email::{Envelope, MailTransport, alarm_email, sieve_email};
-use super::journal::DeliveryJournal;
+use super::journal::{DeliveryJournal, Journal};
 use super::render::Templates;
 use super::sms::{SmsTransport, squeeze};
-use super::smtp::Commit;
 use super::{SendError, now_ms};
 use crate::backoff::{RetryPolicy, random_fraction};
 use crate::config::NotifyConfig;
@@ -56,78 +54,6 @@ impl TemplateReloader {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(fresh);
         Ok(())
-    }
-}
-
-/// Where a worker records that a message's final `.` is about to go out.
-enum Journal {
-    /// A lone node: a file in its data dir, applied at its next start.
-    File(Arc<DeliveryJournal>),
-    /// Nodes sharing PostgreSQL: the job's row, which the worker taking it over reads. The
-    /// file is kept for what an older run on this data dir left in it.
-    Database(Store, Arc<DeliveryJournal>),
-}
-
-/// How long the database may take to give a connection for, or to record, a delivery.
-const JOURNAL_TIMEOUT: Duration = Duration::from_secs(2);
-
-impl Journal {
-    /// Gets ready to record that `attempt` of `job` is about to be committed at the relay; the
-    /// relay's connection runs the record right before the final `.`. Never fails the send: a
-    /// record that cannot be made is logged, and a crash at that moment would send the message
-    /// again, as with no journal.
-    async fn commit(&self, job: i64, attempt: i64) -> Commit {
-        let store = match self {
-            Journal::File(file) => {
-                let file = file.clone();
-                return Commit {
-                    record: Box::pin(async move { file.record(job, attempt) }),
-                    sent: Arc::default(),
-                };
-            }
-            Journal::Database(store, _) => store,
-        };
-        let connection = match tokio::time::timeout(JOURNAL_TIMEOUT, store.journal_connection())
-            .await
-        {
-            Ok(Ok(Some(connection))) => connection,
-            Ok(Ok(None)) => return Commit::done(),
-            Ok(Err(err)) => {
-                tracing::error!(job, error = %err, "cannot journal the delivery; sending anyway");
-                return Commit::done();
-            }
-            Err(_) => {
-                tracing::error!(
-                    job,
-                    "no database connection to journal the delivery in 2 s; sending anyway"
-                );
-                return Commit::done();
-            }
-        };
-        let sent = Arc::new(AtomicBool::new(false));
-        let flag = sent.clone();
-        let record = async move {
-            match tokio::time::timeout(JOURNAL_TIMEOUT, connection.record(job, attempt, &flag))
-                .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => {
-                    tracing::error!(job, error = %err, "the database did not journal the delivery")
-                }
-                Err(_) => tracing::error!(job, "the database did not journal the delivery in 2 s"),
-            }
-        };
-        Commit {
-            record: Box::pin(record),
-            sent,
-        }
-    }
-
-    /// The file journal.
-    fn file(&self) -> &DeliveryJournal {
-        match self {
-            Journal::File(file) | Journal::Database(_, file) => file,
-        }
     }
 }
 
@@ -182,12 +108,7 @@ impl Workers {
                 journal_path.display()
             )
         })?;
-        let journal = match store {
-            // Nodes sharing the database journal there: whichever takes a dead node's job
-            // over sees what it delivered.
-            Store::Postgres(_) => Journal::Database(store.clone(), Arc::new(file)),
-            Store::Sqlite(_) => Journal::File(Arc::new(file)),
-        };
+        let journal = Journal::new(&store, file);
         let sms = SmsTransport::from_config(&config.sms, data_dir.join("sms.log"))?;
         if config.smtp.url.is_none() {
             tracing::info!(outbox = %data_dir.join("outbox").display(), "notify.smtp.url is not set: emails go to the outbox folder");
