@@ -436,9 +436,17 @@ async fn batch_contract(store: &Store) {
     assert_eq!(store.insert_jobs(&many, 1_000_000).await.unwrap(), 600);
     let claimed = store.claim_jobs(1_000_000, 100, 1_000).await.unwrap();
     assert_eq!(keys(&claimed).len(), 600);
-    let done: Vec<_> = (0..600).map(|n| (id(&claimed, n), JobResult::Done)).collect();
+    let done: Vec<_> = (0..600)
+        .map(|n| (id(&claimed, n), JobResult::Done))
+        .collect();
     store.record_results(&done, 1_000_050).await.unwrap();
-    assert!(store.claim_jobs(9_999_999, 100, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .claim_jobs(9_999_999, 100, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Users' states: writes only raise each value, in one batch of many users too.
