@@ -27,8 +27,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::{Instant, Sleep};
 
 use super::jmap::{self, TypeFilter};
+use super::live::UserState;
 use super::signals::Signal;
-use super::state::{Subscription, UserState};
+use super::state::Subscription;
 
 /// Which wire format a connection speaks.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use super::state::UserState;
+use super::live::UserState;
 
 /// Which JMAP types a client asked for (`types=*` or a comma-separated list).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 
-use super::state::UserState;
+use super::live::UserState;
 
 /// The `push` event for `state` as shared bytes: the hub encodes it once per state change.
 pub fn frame(state: &UserState) -> Bytes {

@@ -21,7 +21,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::state::{StateHub, UserState};
+use super::live::UserState;
+use super::state::StateHub;
 use crate::metrics::Metrics;
 
 /// What a [`StateRecord`] call returns.

@@ -13,7 +13,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 
 use super::latest::Sender;
-use super::state::Live;
+use super::live::Live;
 
 /// How many slices the users are split into; the clock beats one per `interval / SLICES`.
 pub const SLICES: usize = 256;
