@@ -6,17 +6,17 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::peer::{Peer, free_port};
 use common::sse::Sse;
 use common::{TestApp, client, fixtures};
 use serde_json::{Value, json};
 
 /// chromedriver on an ephemeral port, with one headless Chromium session.
 struct Browser {
-    driver: Child,
+    _driver: Peer,
     base: String,
     session: String,
 }
@@ -25,16 +25,14 @@ impl Browser {
     async fn start() -> Browser {
         let chromedriver =
             std::env::var("MAILPUSH_TEST_CHROMEDRIVER").expect("MAILPUSH_TEST_CHROMEDRIVER");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let driver = Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
+        let port = free_port();
+        let driver = Peer::spawn(
+            "chromedriver",
+            Command::new(chromedriver)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
         let base = format!("http://127.0.0.1:{port}");
         common::wait_until("chromedriver answers", || async {
             client()
@@ -67,7 +65,7 @@ impl Browser {
             .unwrap_or_else(|| panic!("no session: {created}"))
             .to_owned();
         Browser {
-            driver,
+            _driver: driver,
             base,
             session,
         }
@@ -127,13 +125,6 @@ impl Browser {
             .delete(format!("{}/session/{}", self.base, self.session))
             .send()
             .await;
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 

@@ -11,10 +11,11 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::mock::{APNS_TOPIC, ApnsMock};
+use common::peer::{Peer, free_port};
 use common::{DEADLINE, INGEST_SECRET, TestApp, wait_until};
 use serde_json::json;
 
@@ -23,17 +24,10 @@ const IPHONE: &str = "ab0c456789abcdef0123456789abcdef0123456789abcdef0123456789
 
 /// A Dovecot of the test's own; killed when dropped.
 struct Dovecot {
-    child: Child,
+    _peer: Peer,
     imap: u16,
     lmtp: u16,
     dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .unwrap()
-        .port()
 }
 
 impl Dovecot {
@@ -121,17 +115,18 @@ service lmtp {{
         );
         let conf_file = root.join("etc/dovecot.conf");
         std::fs::write(&conf_file, conf).unwrap();
-        let child = Command::new(bin)
-            .arg("-F")
-            .arg("-c")
-            .arg(&conf_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot run {}: {err}", bin.display()));
+        let peer = Peer::spawn(
+            &bin.display().to_string(),
+            Command::new(bin)
+                .arg("-F")
+                .arg("-c")
+                .arg(&conf_file)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        );
         let dovecot = Dovecot {
-            child,
+            _peer: peer,
             imap,
             lmtp,
             dir,
@@ -156,13 +151,6 @@ service lmtp {{
 
     fn conf(&self) -> PathBuf {
         self.dir.path().join("etc/dovecot.conf")
-    }
-}
-
-impl Drop for Dovecot {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -8,17 +8,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use common::peer::Peer;
 use common::{TestApp, email_alarm, wait_until};
 use mailpush::store::JobState;
 use serde_json::Value;
 
 /// The running peer and the messages it took, in order.
 struct SmtpServer {
-    child: Child,
+    _peer: Peer,
     port: u16,
     messages: Arc<Mutex<Vec<Value>>>,
 }
@@ -29,14 +29,15 @@ impl SmtpServer {
             .expect("MAILPUSH_TEST_NODE_MODULES: a node_modules folder with smtp-server");
         let script =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/smtp_server.js");
-        let mut child = Command::new("node")
-            .arg(script)
-            .env("NODE_PATH", modules)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("run node");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut peer = Peer::spawn(
+            "node smtp_server.js",
+            Command::new("node")
+                .arg(script)
+                .env("NODE_PATH", modules)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped()),
+        );
+        let mut lines = peer.stdout_lines();
         let first: Value = serde_json::from_str(
             &lines
                 .next()
@@ -55,7 +56,7 @@ impl SmtpServer {
             }
         });
         SmtpServer {
-            child,
+            _peer: peer,
             port,
             messages,
         }
@@ -63,13 +64,6 @@ impl SmtpServer {
 
     fn messages(&self) -> Vec<Value> {
         self.messages.lock().unwrap().clone()
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -368,31 +368,28 @@ async fn pushes_follow_rfc_8030_and_dead_subscriptions_are_removed() {
 /// The npm package `web-push-testing` (its `src/bin/server.js`), run with node on a port of
 /// the test's own and bound to loopback.
 struct WebPushTesting {
-    child: std::process::Child,
+    _peer: common::peer::Peer,
     url: String,
 }
 
 impl WebPushTesting {
     fn start(server_js: &str) -> WebPushTesting {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::peer::free_port();
         // Its server listens on every interface; this preload keeps it on loopback.
         let loopback = "const http = require('http'); const listen = http.Server.prototype.listen; \
             http.Server.prototype.listen = function (port, ...rest) { \
               return listen.call(this, port, '127.0.0.1', ...rest.filter(a => typeof a === 'function')); };";
-        let child = std::process::Command::new("node")
-            .args([
-                "-e",
-                &format!("{loopback} process.argv[2] = '{port}'; require({server_js:?});"),
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("node runs web-push-testing");
+        let peer = common::peer::Peer::spawn(
+            "web-push-testing",
+            std::process::Command::new("node")
+                .args([
+                    "-e",
+                    &format!("{loopback} process.argv[2] = '{port}'; require({server_js:?});"),
+                ])
+                .stdout(std::process::Stdio::null()),
+        );
         WebPushTesting {
-            child,
+            _peer: peer,
             url: format!("http://localhost:{port}"),
         }
     }
@@ -449,13 +446,6 @@ impl WebPushTesting {
         })
         .await;
         self.messages(client_hash).await
-    }
-}
-
-impl Drop for WebPushTesting {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

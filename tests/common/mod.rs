@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod mock;
 pub mod nats;
+pub mod peer;
 pub mod postgres;
 pub mod raw;
 pub mod server;
