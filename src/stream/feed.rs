@@ -17,7 +17,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -138,8 +138,15 @@ impl Feed {
     /// The next bytes to write; None once the stream is over. Cancel-safe: state moves only
     /// when a frame is returned, so it can race a read of the client's socket.
     pub async fn next_frame(&mut self) -> Option<Bytes> {
+        std::future::poll_fn(|cx| self.poll_frame(cx)).await
+    }
+
+    /// [`Feed::next_frame`] as a poll: the lean stream writer waits on it and on its socket
+    /// in one `poll_fn`, so the wait where an idle stream spends its life keeps no future of
+    /// its own in the connection's task (two references).
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if self.finished {
-            return None;
+            return Poll::Ready(None);
         }
         if !self.started {
             self.started = true;
@@ -147,28 +154,20 @@ impl Feed {
             if let Some(frame) = self.pending_frame() {
                 out.extend_from_slice(&frame);
             }
-            return Some(Bytes::from(out));
+            return Poll::Ready(Some(Bytes::from(out)));
         }
         loop {
             if let Some(frame) = self.pending_frame() {
-                return Some(frame);
+                return Poll::Ready(Some(frame));
             }
-            // The channel, or the `ping=N` timer of a stream that has one. Polled by hand: this
-            // wait is where an idle stream spends its life, so its future is two references.
-            let ping_due = std::future::poll_fn(|cx| {
-                if self.subscription.receiver.poll_changed(cx).is_ready() {
-                    return Poll::Ready(false);
-                }
-                match self.ping.as_mut() {
-                    Some(timer) => timer.as_mut().poll(cx),
-                    None => Poll::Pending,
-                }
-                .map(|()| true)
-            })
-            .await;
-            if ping_due {
-                return Some(self.ping_frame());
+            // The channel moved: look again. Else the `ping=N` timer of a stream that has one.
+            if self.subscription.receiver.poll_changed(cx).is_ready() {
+                continue;
             }
+            return match self.ping.as_mut() {
+                Some(timer) => timer.as_mut().poll(cx).map(|()| Some(self.ping_frame())),
+                None => Poll::Pending,
+            };
         }
     }
 
