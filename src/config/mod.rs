@@ -3,12 +3,13 @@
 //!
 //! Every key in here is public interface (`mailpush.example.toml` lists them all). A bad value
 //! is reported with its dotted key so that `check-config` and start-up can say exactly what to
-//! fix. Secrets are held in [`Secret`], which never prints its value. This file holds the tree
-//! and its defaults; `load.rs` builds and checks it.
+//! fix. Secrets are held in [`Secret`], which never prints its value (`secret.rs`). This file
+//! holds the tree and its defaults; `load.rs` builds and checks it.
 
 mod cluster;
 mod load;
 mod process;
+mod secret;
 mod validate;
 
 /// `MAILPUSH_*` pairs as [`Config::load`] takes them, for the tests of both halves.
@@ -21,14 +22,16 @@ fn test_env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 use std::collections::BTreeMap;
-use std::fmt;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 pub use cluster::ClusterConfig;
 pub use process::{ConnectionsConfig, RuntimeConfig, ShutdownConfig};
+use secret::optional_secret;
+pub use secret::{Secret, SecretUrl};
 
 /// The whole configuration; each module is handed only its own section.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -333,15 +336,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// A value that must never reach a log or the terminal; it prints as `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-/// A URL that may hold a password (database, SMTP); it prints with the password redacted.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct SecretUrl(String);
-
 /// A configuration problem, named by its dotted key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {reason}")]
@@ -470,82 +464,6 @@ impl Default for LogConfig {
     }
 }
 
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The value, for the one place that needs it (signing, comparing, connecting).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether `candidate` is this secret, in time that does not depend on where they differ.
-    pub fn matches(&self, candidate: &[u8]) -> bool {
-        let secret = self.0.as_bytes();
-        secret.len() == candidate.len()
-            && secret
-                .iter()
-                .zip(candidate)
-                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-                == 0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str("<redacted>")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    /// Accepts numbers too: an environment value like `123456` parses as a TOML integer.
-    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Integer(i64),
-        }
-        Ok(match Raw::deserialize(de)? {
-            Raw::Text(text) => Secret(text),
-            Raw::Integer(n) => Secret(n.to_string()),
-        })
-    }
-}
-
-impl SecretUrl {
-    /// The URL with its password, for connecting.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_url_password(&self.0))
-    }
-}
-
-impl Serialize for SecretUrl {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&redact_url_password(&self.0))
-    }
-}
-
-/// An empty secret means "not set", so `MAILPUSH_INGEST__SECRET=` turns a secret off.
-fn optional_secret<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Secret>, D::Error> {
-    let secret = Option::<Secret>::deserialize(de)?;
-    Ok(secret.filter(|secret| !secret.expose().is_empty()))
-}
-
 fn one_or_many<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<PathBuf>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -558,25 +476,4 @@ fn one_or_many<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<PathBuf>, D::Erro
         OneOrMany::One(path) => vec![path],
         OneOrMany::Many(paths) => paths,
     })
-}
-
-fn redact_url_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = rest
-        .split_once('/')
-        .map_or((rest, None), |(a, t)| (a, Some(t)));
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    let Some((user, _password)) = userinfo.split_once(':') else {
-        return url.to_owned();
-    };
-    let mut shown = format!("{scheme}://{user}:<redacted>@{host}");
-    if let Some(tail) = tail {
-        shown.push('/');
-        shown.push_str(tail);
-    }
-    shown
 }
