@@ -165,7 +165,7 @@ async fn read_batch(
 ) -> Option<(SpoolReader, std::io::Result<Read>)> {
     let read = tokio::task::spawn_blocking(move || {
         let read = reader.read_batch(&spool, BATCH).map(|batch| {
-            let mut head = vec![0u8; HEAD_BYTES];
+            let mut head = Vec::new();
             let auto_submitted = batch
                 .requests
                 .iter()
@@ -215,12 +215,13 @@ const HEAD_BYTES: usize = 64 * 1024;
 /// `no`): RFC 5436 forbids notifying about auto-replies, notifications and bounces. The
 /// staging file is read while lmtpd is still delivering; if it is already gone, the
 /// notification is sent (its own `Auto-Submitted: auto-notified` stops loops downstream).
-/// `head` is the buffer to read into, shared by a batch.
-fn triggered_by_auto_submitted(request: &JobRequest, head: &mut [u8]) -> bool {
+/// `head` is the buffer to read into, shared by a batch and made on its first use.
+fn triggered_by_auto_submitted(request: &JobRequest, head: &mut Vec<u8>) -> bool {
     use std::io::Read;
     let Some(path) = &request.trigger else {
         return false;
     };
+    head.resize(HEAD_BYTES, 0);
     let read = match std::fs::File::open(path) {
         Ok(mut file) => file.read(head).unwrap_or(0),
         Err(err) => {
