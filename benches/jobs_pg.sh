@@ -44,3 +44,8 @@ psql -q "$URL" -P pager=off -c "
     FROM pg_stat_statements
    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'postgres')
    ORDER BY total_exec_time + total_plan_time DESC LIMIT 12"
+echo "Row updates of the jobs table, and how many were HOT (no index entries written):"
+psql -q "$URL" -P pager=off -c "
+  SELECT n_tup_ins AS inserted, n_tup_upd AS updated, n_tup_hot_upd AS hot,
+         round(100.0 * n_tup_hot_upd / greatest(n_tup_upd, 1), 1) AS hot_pct
+    FROM pg_stat_user_tables WHERE relname = 'jobs'"
