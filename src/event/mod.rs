@@ -15,6 +15,7 @@ mod json;
 pub mod packet;
 pub mod parse;
 pub mod rfc2047;
+mod wire;
 
 pub use envelope::Envelope;
 pub use imapurl::MailboxRef;
