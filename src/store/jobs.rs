@@ -86,50 +86,12 @@ struct JobRow {
     finished_at: Option<i64>,
 }
 
-/// A database connection held to journal one delivery ([`Store::journal_connection`]).
-pub struct JournalConnection(sqlx::pool::PoolConnection<sqlx::Postgres>);
-
-impl JournalConnection {
-    /// Records in the delivery journal that `attempt` of job `id` is about to be committed at
-    /// the relay: if its worker dies now, the claim that takes the job over marks it done
-    /// instead of sending it again.
-    ///
-    /// One prepared statement on a connection with nothing outstanding: the statement was
-    /// parsed when the connection was taken ([`Store::journal_connection`]), so the first
-    /// poll writes the whole request (Bind, Execute, Sync) to the socket before it waits for
-    /// the answer, and the server runs a query it has received even if the client dies.
-    /// `sent` is set just before that first poll of the query.
-    pub async fn record(
-        mut self,
-        id: i64,
-        attempt: i64,
-        sent: &std::sync::atomic::AtomicBool,
-    ) -> Result<(), sqlx::Error> {
-        let query = sqlx::query(JOURNAL_RECORD)
-            .bind(attempt)
-            .bind(id)
-            .execute(&mut *self.0);
-        sent.store(true, std::sync::atomic::Ordering::Release);
-        query.await.map(drop)
-    }
-}
-
-/// The delivery journal's record: prepared once per connection and kept in its statement
-/// cache, where a simple-protocol query was parsed and planned at every email (half of its
-/// 155 µs of server time).
-const JOURNAL_RECORD: &str =
-    "UPDATE jobs SET sent_attempt = $1 WHERE id = $2 AND attempts = $1 AND state = 'running'";
-
 /// Jobs inserted by one statement: six parameters each, well under either database's limit
 /// (SQLite's 32,766).
 const INSERT_ROWS: usize = 256;
 
 const COLUMNS: &str = "id, user_id, kind, payload, state, attempts, run_at, last_error, idempotency_key, \
                        sms_charged, created_at, finished_at";
-
-/// The note on a job finished from the delivery journal at start-up.
-pub const DELIVERED_BEFORE_CRASH: &str =
-    "handed to the relay before a crash; marked done at start-up from the delivery journal";
 
 /// The last error of an SMS job whose user had no credit left.
 const NO_CREDIT: &str = "no SMS credit";
@@ -349,26 +311,6 @@ impl Store {
         })
     }
 
-    /// A connection of its own for journaling one delivery, on PostgreSQL (None on SQLite,
-    /// where a lone node journals to a file). Taken before the message goes out, so that the
-    /// record's request leaves at once when the `.` is due.
-    pub async fn journal_connection(&self) -> Result<Option<JournalConnection>, sqlx::Error> {
-        match self {
-            Store::Sqlite(_) => Ok(None),
-            Store::Postgres(pool) => {
-                let mut connection = pool.acquire().await?;
-                // Parsed now, on the connection's first journal only (sqlx caches it): the
-                // record itself must not wait for a Parse before its request leaves.
-                sqlx::Executor::prepare(
-                    &mut *connection,
-                    sqlx::SqlSafeStr::into_sql_str(JOURNAL_RECORD),
-                )
-                .await?;
-                Ok(Some(JournalConnection(connection)))
-            }
-        }
-    }
-
     /// Marks a job sent.
     pub async fn finish_job(&self, id: i64, now_ms: i64) -> Result<(), sqlx::Error> {
         self.record_results(&[(id, JobResult::Done)], now_ms).await
@@ -428,34 +370,6 @@ impl Store {
                 }
             }
             run_atomically(pool, statements).await
-        })
-    }
-
-    /// Marks done the jobs of a crashed run whose email reached the relay: each `(id, attempt)`
-    /// only while that attempt is still the running one. Returns how many it finished.
-    pub async fn finish_delivered_jobs(
-        &self,
-        deliveries: &[(i64, i64)],
-        now_ms: i64,
-    ) -> Result<u64, sqlx::Error> {
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let mut finished = 0;
-            for (id, attempt) in deliveries {
-                finished += sqlx::query(
-                    "UPDATE jobs SET state = 'done', finished_at = $3, lease_until = NULL, last_error = $4 \
-                     WHERE id = $1 AND attempts = $2 AND state = 'running'",
-                )
-                .bind(id)
-                .bind(attempt)
-                .bind(now_ms)
-                .bind(DELIVERED_BEFORE_CRASH)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            }
-            tx.commit().await?;
-            Ok(finished)
         })
     }
 

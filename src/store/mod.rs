@@ -1,11 +1,13 @@
 //! The database: a SQLite file by default, PostgreSQL in production, with the same queries and
 //! embedded migrations for each (`migrations/sqlite`, `migrations/postgres`).
 //!
-//! One file per table ([`devices`], [`jobs`], [`states`], [`users`]). The fast path never awaits the store: it reads caches
+//! One file per table ([`devices`], [`jobs`], [`states`], [`users`]), and [`journal`] for the
+//! delivery journal's side of `jobs`. The fast path never awaits the store: it reads caches
 //! that the store's callers keep up to date.
 
 pub mod devices;
 pub mod jobs;
+pub mod journal;
 pub mod states;
 pub mod users;
 
@@ -21,10 +23,8 @@ use sqlx::{PgPool, SqlitePool};
 pub use devices::{
     Device, DeviceError, Environment, NewDevice, PayloadFormat, Platform, Upserted, WebPushKeys,
 };
-pub use jobs::{
-    Claim, DELIVERED_BEFORE_CRASH, DELIVERED_BEFORE_TAKEOVER, Job, JobResult, JobState,
-    JournalConnection, NewJob,
-};
+pub use jobs::{Claim, DELIVERED_BEFORE_TAKEOVER, Job, JobResult, JobState, NewJob};
+pub use journal::{DELIVERED_BEFORE_CRASH, JournalConnection};
 pub use states::StoredState;
 pub use users::{User, UserUpdate};
 
