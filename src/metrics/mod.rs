@@ -3,7 +3,7 @@
 //! Each app owns its own registry (no global recorder), so tests that run several apps in one
 //! process read each app's figures apart. Label values come from fixed sets (event kinds,
 //! reject reasons, sources) or are capped (slots), so a producer cannot grow the series without
-//! limit. The status page's totals and latest rejected packets live in [`status`].
+//! limit. The status page's totals and latest rejected packets live in `status.rs`.
 
 mod cluster;
 mod status;

@@ -14,7 +14,7 @@
 //! the node that takes over a dead node's job after its lease finds it and marks it done.
 //! There the window is the time between the record's request leaving for the database and
 //! the `.` being written: microseconds, unless the machine deschedules the worker right then.
-//! [`Journal`] is the workers' side: which of the two a node records in, and when.
+//! `Journal` is the workers' side: which of the two a node records in, and when.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Write};

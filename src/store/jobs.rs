@@ -147,7 +147,7 @@ impl TryFrom<JobRow> for Job {
 
 impl Store {
     /// Inserts a batch atomically, skipping keys already known; returns how many were new.
-    /// One statement per [`INSERT_ROWS`] jobs (a statement a job cost PostgreSQL a round trip
+    /// One statement per `INSERT_ROWS` (256) jobs (a statement a job cost PostgreSQL a round trip
     /// and an executor start each), in a transaction only when there are several.
     pub async fn insert_jobs(&self, jobs: &[NewJob], now_ms: i64) -> Result<u64, sqlx::Error> {
         if jobs.is_empty() {

@@ -3,7 +3,7 @@
 //! mailpush (where they point, their secret, the Lua script they run), and what the OX driver
 //! needs besides.
 //!
-//! [`conf`] reads the file as Dovecot 2.3 does; this module checks what it says.
+//! `conf.rs` reads the file as Dovecot 2.3 does; this module checks what it says.
 
 mod conf;
 

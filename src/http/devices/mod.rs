@@ -3,7 +3,7 @@
 //! as the streams; a user only ever sees and deletes their own devices.
 //! `GET /webpush/vapid-public-key` gives browsers the key to subscribe with.
 //!
-//! This module answers the requests; [`registration`] reads and checks what apps send.
+//! This module answers the requests; `registration.rs` reads and checks what apps send.
 
 mod registration;
 

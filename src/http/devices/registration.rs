@@ -8,8 +8,8 @@ use super::Devices;
 use crate::push::webpush;
 use crate::store::{Environment, NewDevice, PayloadFormat, Platform};
 
-/// A registration as apps send it (read loosely here, then checked by [`validate`]; the
-/// OpenAPI document gives its exact form per platform as [`RegistrationForm`]).
+/// A registration as apps send it (read loosely here, then checked by `validate`; the
+/// OpenAPI document gives its exact form per platform as `RegistrationForm`).
 #[derive(Debug, Default, Deserialize)]
 pub struct Registration {
     platform: String,

@@ -1,7 +1,7 @@
 //! Dovecot as a mail store: its push_notification plugin's OX driver (`PUT
 //! /ingest/dovecot/ox`) and Lua driver running mailpush's script (`POST /ingest/dovecot/lua`,
-//! `examples/dovecot/mailpush.lua`), turned into the same [`Event`]s the Cyrus path builds, so
-//! routing and every output stay one.
+//! `examples/dovecot/mailpush.lua`), turned into the same
+//! [`Event`](crate::event::Event)s the Cyrus path builds, so routing and every output stay one.
 //!
 //! What Dovecot 2.3 sends, and why it is read so:
 //! - Dovecot waits for the answer: the IMAP command or the LMTP delivery is blocked until it
@@ -24,7 +24,7 @@
 //! A transaction's unseen count rides on one event only (its MessageNew, else its last INBOX
 //! event), so one transaction moves a phone's badge once, however many messages it touched.
 //!
-//! This module takes the requests (credentials, body, answer); [`parse`] reads the bodies.
+//! This module takes the requests (credentials, body, answer); `parse.rs` reads the bodies.
 
 mod parse;
 

@@ -5,12 +5,12 @@
 //! one a crash-safe queue needs: [`SmtpRelay::send`] has the worker's journal record the
 //! delivery right before the final `.` is written (see [`super::journal`]). The record may be
 //! a database write, so it is a future ([`Commit`]): a gate in front of the socket's writes
-//! ([`gate`]), armed once lettre asks for the part after the message, holds the `.` back
+//! (`gate.rs`), armed once lettre asks for the part after the message, holds the `.` back
 //! until the record's request has left the process, and its answer is awaited after the
 //! relay's. Owning the connections also lets every socket be opened with `TCP_NODELAY`: the
 //! message and the final `.` are two small writes, and with Nagle's algorithm the second
 //! waits for the relay's delayed ACK, 40 ms per email; and it lets a transaction's commands
-//! go as one write to a relay that offers PIPELINING ([`transaction`]).
+//! go as one write to a relay that offers PIPELINING (`transaction.rs`).
 
 mod gate;
 mod transaction;
