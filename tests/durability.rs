@@ -77,10 +77,35 @@ async fn kill_9_mid_run_loses_no_job() {
     assert!(sent_before_crash < JOBS as usize, "the crash came mid-run");
 
     let second = Server::start(dir.path(), &env, &["serve"]);
-    wait_until("every job sent", || async {
-        smtp.by_message_id().len() == JOBS as usize
+    let all_sent = tokio::time::timeout(common::DEADLINE, async {
+        while smtp.by_message_id().len() < JOBS as usize {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     })
     .await;
+    if all_sent.is_err() {
+        // Say which jobs are missing and where they stand (state, attempts, due time, error).
+        let (_, listing, _) = run_command(dir.path(), &env, &["jobs", "--limit", "1000"]);
+        let not_done: Vec<&str> = listing
+            .lines()
+            .filter(|line| !line.contains("done"))
+            .collect();
+        let received = smtp.by_message_id();
+        let missing: Vec<String> = (1..=JOBS)
+            .map(|id| format!("mailpush.job{id}@"))
+            .filter(|prefix| {
+                !received
+                    .keys()
+                    .any(|key| key.trim_start_matches('<').starts_with(prefix.as_str()))
+            })
+            .collect();
+        panic!(
+            "{} of {JOBS} emails after the restart ({sent_before_crash} before it); never \
+             received: {missing:?}; jobs not done:\n{}",
+            received.len(),
+            not_done.join("\n")
+        );
+    }
     let counts = smtp.by_message_id();
     let resent: usize = counts.values().map(|n| n - 1).sum();
     eprintln!("{sent_before_crash} emails before the kill; {resent} sent again after it");
