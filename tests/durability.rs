@@ -109,7 +109,14 @@ async fn kill_9_mid_run_loses_no_job() {
     let counts = smtp.by_message_id();
     let resent: usize = counts.values().map(|n| n - 1).sum();
     eprintln!("{sent_before_crash} emails before the kill; {resent} sent again after it");
-    assert_eq!(resent, 0, "no email is sent twice");
+    // The journal keeps a crash from sending an email twice, except one that lands in the
+    // microseconds between a message's final `.` and its journal record, one per worker at
+    // most (the side to err on: the other order loses the email). The held-relay tests
+    // below check that every email past its `.` is journaled.
+    assert!(
+        resent <= WORKERS,
+        "{resent} emails sent twice: more than the {WORKERS} workers could have had between their `.` and its record"
+    );
     // The relay's acceptance comes before the job's row says done (on PostgreSQL the last few
     // are marked done a moment after their email went out).
     wait_until("every job done", || async {

@@ -49,8 +49,9 @@ impl MailTransport {
         }
     }
 
-    /// Sends one message; `before_commit` completes right before the relay can take it for
-    /// good (the outbox never runs it: a file written is not sent twice by a crash).
+    /// Sends one message; `before_commit` runs as its final `.` is written, when the relay
+    /// can take it for good (the outbox never runs it: a file written is not sent twice by a
+    /// crash).
     /// SMTP permanent (5xx) replies are permanent; the rest is retried.
     pub async fn send(
         &self,

@@ -2,19 +2,24 @@
 //!
 //! SMTP commits a message when the relay reads the final `.`; the queue commits it when the
 //! job is marked done, a moment later. A process killed in between would leave the job
-//! running, and after its lease another worker would send it again. So right before writing
-//! the `.`, a worker appends `<job id> <attempt>` to this file (one `write`, no fsync: the
-//! page cache outlives the process, and a power cut loses the whole machine's recent state
-//! anyway). At start-up, before any worker claims a job, every job still running in the
-//! attempt the journal names is marked done: its message reached the relay, or at worst the
-//! process died in the microsecond between the journal line and the `.`.
+//! running, and after its lease another worker would send it again. So as it writes the `.`,
+//! a worker appends `<job id> <attempt>` to this file (one `write`, no fsync: the page cache
+//! outlives the process, and a power cut loses the whole machine's recent state anyway). At
+//! start-up, before any worker claims a job, every job still running in the attempt the
+//! journal names is marked done: its message reached the relay.
+//!
+//! The `.` is written into the corked socket first, then the record, then the socket sends
+//! the `.` (`smtp/gate.rs`): a socket's kernel sends what it holds when its process dies, so
+//! a journaled message always reached the relay. A crash between the `.` and the record sends
+//! the message again after the lease; the other order would mark done a message that never
+//! left, and a lost email is worse than a second one.
 //!
 //! This file belongs to one data dir. Nodes sharing a PostgreSQL database journal in the
-//! job's row instead (`jobs.sent_attempt`, written right before the `.` in the same way), so
-//! the node that takes over a dead node's job after its lease finds it and marks it done.
-//! There the window is the time between the record's request leaving for the database and
-//! the `.` being written: microseconds, unless the machine deschedules the worker right then.
-//! `Journal` is the workers' side: which of the two a node records in, and when.
+//! job's row instead (`jobs.sent_attempt`, written with the `.` in the same way), so the node
+//! that takes over a dead node's job after its lease finds it and marks it done. There the
+//! record is a query: the `.` goes once its request is written to the database's socket (the
+//! database runs a query it received even if the sender dies), and its answer is read after
+//! the relay's. `Journal` is the workers' side: which of the two a node records in, and when.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
@@ -29,7 +34,7 @@ use crate::store::Store;
 /// The journal is rotated past this size; the previous file is kept one rotation longer.
 const ROTATE_BYTES: u64 = 1 << 20;
 
-/// An append-only record of messages whose final `.` was about to be written.
+/// An append-only record of messages whose final `.` was written.
 pub struct DeliveryJournal {
     path: PathBuf,
     current: Mutex<Current>,
@@ -55,8 +60,8 @@ impl DeliveryJournal {
         })
     }
 
-    /// Records that the final `.` of `job`'s `attempt` is about to go out. Never fails the
-    /// send: a journal that cannot be written is logged, and a crash at that moment would
+    /// Records that the final `.` of `job`'s `attempt` is in the relay's socket. Never fails
+    /// the send: a journal that cannot be written is logged, and a crash at that moment would
     /// send the message again, as without a journal.
     pub fn record(&self, job: i64, attempt: i64) {
         let line = format!("{job} {attempt}\n");
@@ -121,7 +126,7 @@ impl DeliveryJournal {
     }
 }
 
-/// Where a worker records that a message's final `.` is about to go out.
+/// Where a worker records that a message's final `.` went out.
 pub(super) enum Journal {
     /// A lone node: a file in its data dir, applied at its next start.
     File(Arc<DeliveryJournal>),
@@ -143,10 +148,10 @@ impl Journal {
         }
     }
 
-    /// Gets ready to record that `attempt` of `job` is about to be committed at the relay; the
-    /// relay's connection runs the record right before the final `.`. Never fails the send: a
-    /// record that cannot be made is logged, and a crash at that moment would send the message
-    /// again, as with no journal.
+    /// Gets ready to record that `attempt` of `job` is committed at the relay; the relay's
+    /// connection runs the record as it writes the final `.`. Never fails the send: a record
+    /// that cannot be made is logged, and a crash at that moment would send the message again,
+    /// as with no journal.
     pub(super) async fn commit(&self, job: i64, attempt: i64) -> Commit {
         let store = match self {
             Journal::File(file) => {

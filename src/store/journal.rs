@@ -1,6 +1,6 @@
 //! The delivery journal's side in the database (see `notify::journal`): on PostgreSQL, a
-//! worker records in the job's row that its message's final `.` is about to go out, so the
-//! node that takes the job over after its lease reads it (the claim's `sent_attempt` check);
+//! worker records in the job's row that its message's final `.` is in the relay's socket, so
+//! the node that takes the job over after its lease reads it (the claim's `sent_attempt` check);
 //! and at start-up, the file journal of a lone node's crashed run marks its delivered jobs done.
 
 use super::{Store, on_pool};
@@ -9,9 +9,10 @@ use super::{Store, on_pool};
 pub struct JournalConnection(sqlx::pool::PoolConnection<sqlx::Postgres>);
 
 impl JournalConnection {
-    /// Records in the delivery journal that `attempt` of job `id` is about to be committed at
-    /// the relay: if its worker dies now, the claim that takes the job over marks it done
-    /// instead of sending it again.
+    /// Records in the delivery journal that `attempt` of job `id` is committed at the relay
+    /// (its final `.` is written, held in the corked socket until this request has left): if
+    /// its worker dies now, the claim that takes the job over marks it done instead of
+    /// sending it again.
     ///
     /// One prepared statement on a connection with nothing outstanding: the statement was
     /// parsed when the connection was taken ([`Store::journal_connection`]), so the first

@@ -3,11 +3,11 @@
 //! lettre's pooled transport sends a message as one opaque call, so nothing can run between
 //! the last byte of the message and the `.` that commits it at the relay. That moment is the
 //! one a crash-safe queue needs: [`SmtpRelay::send`] has the worker's journal record the
-//! delivery right before the final `.` is written (see [`super::journal`]). The record may be
-//! a database write, so it is a future ([`Commit`]): a gate in front of the socket's writes
-//! (`gate.rs`), armed once lettre asks for the part after the message, holds the `.` back
-//! until the record's request has left the process, and its answer is awaited after the
-//! relay's. Owning the connections also lets every socket be opened with `TCP_NODELAY`: the
+//! delivery as the final `.` is written (see [`super::journal`]). The record may be a
+//! database write, so it is a future ([`Commit`]): a gate on the socket (`gate.rs`), armed
+//! once lettre asks for the part after the message, writes the `.` into the corked socket,
+//! starts the record, and sends the `.` once the record's request has left the process; the
+//! record's answer is awaited after the relay's. Owning the connections also lets every socket be opened with `TCP_NODELAY`: the
 //! message and the final `.` are two small writes, and with Nagle's algorithm the second
 //! waits for the relay's delayed ACK, 40 ms per email; and it lets a transaction's commands
 //! go as one write to a relay that offers PIPELINING (`transaction.rs`).
@@ -99,8 +99,9 @@ impl SmtpRelay {
         })
     }
 
-    /// Sends one message. `before_commit` runs once, right before the final `.` is written:
-    /// after it the relay may hold the message even if no reply ever comes back.
+    /// Sends one message. `before_commit` runs once, as the final `.` is written: after it the
+    /// relay may hold the message even if no reply ever comes back. It is not run if the `.`
+    /// was never written.
     ///
     /// A pooled connection the relay has closed meanwhile is replaced once, transparently;
     /// nothing of the message had been sent on it.
@@ -131,7 +132,7 @@ impl SmtpRelay {
         let gate = connection.gate.clone();
         let parts = std::iter::once(message).chain(std::iter::from_fn(move || {
             // Asked for a part after the last one: lettre writes the final `.` next, and the
-            // gate holds it until the record is on its way.
+            // gate sends it with the record.
             if let Some(commit) = before_commit.take() {
                 gate.arm(commit);
             }
