@@ -302,6 +302,9 @@ pub struct SmtpConfig {
     /// `smtp://host:port`, `smtps://user:pass@host`, `smtp://host?tls=required`... (lettre's URL
     /// form). Absent: emails are written as `.eml` files under `<data_dir>/outbox/`.
     pub url: Option<SecretUrl>,
+    /// An extra CA to trust for the relay's certificate, besides the platform's (a relay with
+    /// a private CA), for `smtps://` and STARTTLS alike.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Outgoing text messages.

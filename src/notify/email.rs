@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::SendError;
 use super::render::{Templates, ical_when};
 use super::smtp::SmtpRelay;
+use crate::config::SmtpConfig;
 use crate::job::Alarm;
 
 /// Where emails go.
@@ -30,15 +31,15 @@ const SMTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 impl MailTransport {
     /// The relay of `notify.smtp.url`, keeping up to `workers` connections open, or `.eml`
     /// files in `outbox`.
-    pub fn new(
-        smtp_url: Option<&str>,
-        outbox: &Path,
-        workers: usize,
-    ) -> anyhow::Result<MailTransport> {
-        match smtp_url {
+    pub fn new(smtp: &SmtpConfig, outbox: &Path, workers: usize) -> anyhow::Result<MailTransport> {
+        match &smtp.url {
             Some(url) => {
-                let relay = SmtpRelay::new(url, workers, SMTP_CONNECT_TIMEOUT)
-                    .context("notify.smtp.url is not an SMTP URL")?;
+                let relay = SmtpRelay::new(
+                    url.expose(),
+                    smtp.ca_file.as_deref(),
+                    workers,
+                    SMTP_CONNECT_TIMEOUT,
+                )?;
                 Ok(MailTransport::Smtp(Box::new(relay)))
             }
             None => {

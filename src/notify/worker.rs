@@ -96,11 +96,7 @@ impl Workers {
     ) -> anyhow::Result<Workers> {
         let templates = Templates::load(&config.templates_dir)
             .with_context(|| format!("notify.templates_dir {}", config.templates_dir.display()))?;
-        let mail = MailTransport::new(
-            config.smtp.url.as_ref().map(|url| url.expose()),
-            &data_dir.join("outbox"),
-            config.workers,
-        )?;
+        let mail = MailTransport::new(&config.smtp, &data_dir.join("outbox"), config.workers)?;
         let journal_path = data_dir.join(JOURNAL_FILE);
         let file = DeliveryJournal::open(&journal_path).with_context(|| {
             format!(

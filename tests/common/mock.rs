@@ -117,8 +117,16 @@ fn reply(status: u16, body: &Value, retry_after: Option<u64>) -> Response {
     response
 }
 
-/// Serves `router` over TLS with ALPN h2 on 127.0.0.1; returns the base URL and the CA file.
-pub async fn serve_tls(router: Router, dir: &Path) -> (String, PathBuf) {
+/// A certificate for 127.0.0.1 and localhost, signed by a CA made at test time, for a server;
+/// the CA is in `ca_file`, for the client to trust.
+pub struct LocalhostCertificate {
+    pub ca_file: PathBuf,
+    pub cert: rcgen::Certificate,
+    pub key: KeyPair,
+}
+
+/// Makes a CA (written in `dir`) and a certificate it signs for 127.0.0.1 and localhost.
+pub fn localhost_certificate(dir: &Path) -> LocalhostCertificate {
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -135,7 +143,20 @@ pub async fn serve_tls(router: Router, dir: &Path) -> (String, PathBuf) {
         .expect("leaf cert");
     let ca_file = dir.join(format!("ca-{}.pem", rand_suffix()));
     std::fs::write(&ca_file, ca_cert.pem()).expect("write CA");
+    LocalhostCertificate {
+        ca_file,
+        cert: leaf_cert,
+        key: leaf_key,
+    }
+}
 
+/// Serves `router` over TLS with ALPN h2 on 127.0.0.1; returns the base URL and the CA file.
+pub async fn serve_tls(router: Router, dir: &Path) -> (String, PathBuf) {
+    let LocalhostCertificate {
+        ca_file,
+        cert: leaf_cert,
+        key: leaf_key,
+    } = localhost_certificate(dir);
     let provider = Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider());
     let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

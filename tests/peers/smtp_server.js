@@ -2,18 +2,31 @@
 // NODE_PATH), on an ephemeral port of 127.0.0.1. It offers PIPELINING, as relays do, and
 // refuses any recipient whose address starts with "refused" with a 550.
 //
+// With SMTP_TLS_KEY and SMTP_TLS_CERT (PEM files) it speaks TLS: from the first byte if
+// SMTP_TLS is "implicit", else through STARTTLS, which it then offers.
+//
 // It prints JSON lines: {"listening": PORT} once, then one per message it took:
-// {"from", "to", "data", "groups"}, where "groups" counts the pipelined groups (MAIL FROM,
-// RCPT TO..., DATA in one read) its connection has sent so far.
+// {"from", "to", "data", "groups", "secure"}, where "groups" counts the pipelined groups
+// (MAIL FROM, RCPT TO..., DATA in one read) its connection has sent so far (on plain
+// connections) and "secure" says whether the message came over TLS.
 'use strict';
+const fs = require('fs');
 const { SMTPServer } = require('smtp-server');
+
+const tls = process.env.SMTP_TLS_KEY
+  ? {
+      key: fs.readFileSync(process.env.SMTP_TLS_KEY),
+      cert: fs.readFileSync(process.env.SMTP_TLS_CERT),
+      secure: process.env.SMTP_TLS === 'implicit',
+    }
+  : { disabledCommands: ['STARTTLS'] };
 
 const GROUP = /MAIL FROM:[^\r\n]*\r\n(RCPT TO:[^\r\n]*\r\n)+DATA\r\n/i;
 const groups = new Map(); // remote port -> pipelined groups seen
 
 const server = new SMTPServer({
+  ...tls,
   authOptional: true,
-  disabledCommands: ['STARTTLS'],
   logger: false,
   onRcptTo(address, session, callback) {
     if (address.address.startsWith('refused')) {
@@ -32,6 +45,7 @@ const server = new SMTPServer({
         to: session.envelope.rcptTo.map(rcpt => rcpt.address),
         data: Buffer.concat(chunks).toString('utf8'),
         groups: groups.get(session.remotePort) || 0,
+        secure: session.secure,
       }) + '\n');
       callback(null, 'Queued');
     });

@@ -16,14 +16,16 @@ mod gate;
 mod transaction;
 mod url;
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
+use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 
 use super::SendError;
@@ -68,19 +70,42 @@ pub struct SmtpRelay {
     target: Target,
     hello: ClientId,
     credentials: Option<Credentials>,
+    /// For `smtps://`.
     tls: Option<tokio_rustls::TlsConnector>,
+    /// For STARTTLS (lettre's upgrade of the connection).
+    starttls: Option<TlsParameters>,
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
     timeout: Duration,
 }
 
 impl SmtpRelay {
-    /// Reads `notify.smtp.url`; `max_idle` connections are kept open between sends.
-    pub fn new(url: &str, max_idle: usize, timeout: Duration) -> anyhow::Result<SmtpRelay> {
-        let target = parse_url(url)?;
-        let tls = match target.security {
-            Security::Implicit => Some(tls_connector()?),
-            Security::Plain | Security::StartTls { .. } => None,
+    /// Reads `notify.smtp.url`, and `notify.smtp.ca_file` (a CA trusted besides the
+    /// platform's); `max_idle` connections are kept open between sends.
+    pub fn new(
+        url: &str,
+        ca_file: Option<&Path>,
+        max_idle: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<SmtpRelay> {
+        let target = parse_url(url).context("notify.smtp.url is not an SMTP URL")?;
+        let extra_roots = match ca_file {
+            Some(path) => read_roots(path)?,
+            None => Vec::new(),
+        };
+        let (tls, starttls) = match target.security {
+            Security::Implicit => (Some(tls_connector(extra_roots)?), None),
+            Security::StartTls { .. } => {
+                let mut parameters = TlsParameters::builder(target.host.clone());
+                for root in extra_roots {
+                    parameters = parameters.add_root_certificate(
+                        Certificate::from_der(root.to_vec()).context("notify.smtp.ca_file")?,
+                    );
+                }
+                let parameters = parameters.build_rustls().context("TLS for STARTTLS")?;
+                (None, Some(parameters))
+            }
+            Security::Plain => (None, None),
         };
         Ok(SmtpRelay {
             hello: target
@@ -93,6 +118,7 @@ impl SmtpRelay {
                 .map(|(user, password)| Credentials::new(user, password)),
             target,
             tls,
+            starttls,
             idle: Mutex::new(Vec::new()),
             max_idle: max_idle.max(1),
             timeout,
@@ -209,12 +235,12 @@ impl SmtpRelay {
                 }
             }
             .map_err(|err| format!("greeting: {err}"))?;
-            if let Security::StartTls { required } = target.security {
+            if let (Security::StartTls { required }, Some(parameters)) =
+                (target.security, &self.starttls)
+            {
                 if connection.can_starttls() {
-                    let parameters = TlsParameters::new(target.host.clone())
-                        .map_err(|err| format!("TLS: {err}"))?;
                     connection
-                        .starttls(parameters, &self.hello)
+                        .starttls(parameters.clone(), &self.hello)
                         .await
                         .map_err(|err| format!("STARTTLS: {err}"))?;
                 } else if required {
@@ -272,15 +298,66 @@ fn is_connection_lost(err: &lettre::transport::smtp::Error) -> bool {
     err.status().is_none() && !err.is_client()
 }
 
-/// TLS for `smtps://`, with the platform's roots, as lettre itself verifies.
-fn tls_connector() -> anyhow::Result<tokio_rustls::TlsConnector> {
-    use rustls_platform_verifier::BuilderVerifierExt;
+/// The certificates of `notify.smtp.ca_file` (PEM); one at least.
+fn read_roots(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read notify.smtp.ca_file {}", path.display()))?;
+    let roots = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("notify.smtp.ca_file {} is not PEM", path.display()))?;
+    if roots.is_empty() {
+        anyhow::bail!(
+            "notify.smtp.ca_file {} holds no certificate",
+            path.display()
+        );
+    }
+    Ok(roots)
+}
+
+/// TLS for `smtps://`, with the platform's roots and `extra_roots`, as lettre itself verifies
+/// for STARTTLS.
+fn tls_connector(
+    extra_roots: Vec<CertificateDer<'static>>,
+) -> anyhow::Result<tokio_rustls::TlsConnector> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
+            .context("the platform's certificate verifier")?;
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
-        .with_platform_verifier()
-        .context("the platform's certificate verifier")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_holds_no_certificate_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for url in [
+            "smtps://relay.example.test",
+            "smtp://relay.example.test?tls=required",
+        ] {
+            let error = |ca_file: &Path| {
+                let relay = SmtpRelay::new(url, Some(ca_file), 1, Duration::from_secs(1));
+                format!("{:#}", relay.err().expect("refused"))
+            };
+            let missing = error(&missing);
+            assert!(
+                missing.contains("cannot read notify.smtp.ca_file"),
+                "{missing}"
+            );
+            let empty = error(&empty);
+            assert!(empty.contains("holds no certificate"), "{empty}");
+        }
+    }
 }

@@ -209,7 +209,7 @@ mod tests {
             }
             messages
         });
-        let client = SmtpRelay::new(&url, 1, DEADLINE).unwrap();
+        let client = SmtpRelay::new(&url, None, 1, DEADLINE).unwrap();
         for n in 0..2 {
             let message = format!("Subject: alarm {n}\r\n\r\nIt is time.");
             client
@@ -245,7 +245,7 @@ mod tests {
                 .await;
             relay.line().await
         });
-        let client = SmtpRelay::new(&url, 1, DEADLINE).unwrap();
+        let client = SmtpRelay::new(&url, None, 1, DEADLINE).unwrap();
         let sent = tokio::time::timeout(
             DEADLINE,
             client.send(&envelope(), b"Subject: x\r\n\r\nx\r\n", Commit::done()),
