@@ -1,6 +1,6 @@
 //! Graceful drain of the real binary: on SIGTERM every EventSource client is told to come back
 //! and sees its stream end, the process exits 0 within the deadline, and no accepted job is
-//! lost: what was not sent yet is sent after the restart.
+//! lost or left leased: what was not sent yet is sent after the restart.
 
 mod common;
 
@@ -74,6 +74,13 @@ async fn drain(worker_threads: Option<usize>) {
     // Nothing accepted is lost: every job is in the database, and a restart sends the rest.
     let (_, listing, _) = run_command(dir.path(), &env, &["jobs", "--limit", "1000"]);
     assert_eq!(listing.lines().count(), JOBS as usize + 1, "{listing}");
+    // A drained node holds no lease: its sends finished, and the jobs it had claimed ahead of
+    // its workers are queued again, not left to wait for their lease to run out.
+    let leased: Vec<&str> = listing
+        .lines()
+        .filter(|line| line.split_whitespace().nth(1) == Some("running"))
+        .collect();
+    assert!(leased.is_empty(), "jobs left leased: {leased:?}");
     let _restarted = Server::start(dir.path(), &env, &["serve"]);
     wait_until("every email after the restart", || async {
         let ids: HashSet<String> = smtp

@@ -466,12 +466,14 @@ async fn no_more_sends_run_at_once_than_there_are_workers() {
         let store = store.clone();
         async move { store.jobs(Some(state), 100).await.unwrap().len() }
     };
-    wait_until("two sends held at the relay, four jobs waiting", || async {
-        smtp.held() == 2 && count(JobState::Queued).await == 4
+    wait_until("two sends held at the relay, every job queued", || async {
+        smtp.held() == 2 && count(JobState::Queued).await + count(JobState::Running).await == 6
     })
     .await;
-    assert_eq!(count(JobState::Running).await, 2, "only two claimed");
-    assert_eq!(smtp.held(), 2);
+    // Two sending, and at most one per worker claimed ahead of them, not started.
+    let claimed = count(JobState::Running).await;
+    assert!((2..=4).contains(&claimed), "{claimed} claimed");
+    assert_eq!(smtp.held(), 2, "no more sends than workers");
 
     smtp.hold(common::smtp::Hold::Nothing);
     wait_until("every job done", || async {

@@ -427,6 +427,39 @@ async fn batch_contract(store: &Store) {
         .unwrap();
     assert!(store.claim_jobs(999_999, 100, 10).await.unwrap().is_empty());
 
+    // Jobs claimed ahead and given back are queued again, due as they were, their claim's
+    // attempt undone; a claim that no longer holds its job (another attempt) gives nothing.
+    let ahead = [
+        job("dave", "sieve_email", "r0"),
+        job("dave", "sieve_email", "r1"),
+    ];
+    store.insert_jobs(&ahead, 400_000).await.unwrap();
+    let claimed = store.claim_jobs(400_500, 100, 10).await.unwrap();
+    assert_eq!(keys(&claimed), ["r0", "r1"]);
+    let (r0, r1) = (id(&claimed, 0), id(&claimed, 1));
+    assert_eq!(store.release_jobs(&[(r0, 1), (r1, 2)]).await.unwrap(), 1);
+    let jobs = store.jobs(None, 100).await.unwrap();
+    let find = |key: &str| jobs.iter().find(|job| job.key == key).unwrap().clone();
+    let given_back = find("r0");
+    assert_eq!(
+        (given_back.state, given_back.attempts, given_back.run_at),
+        (JobState::Queued, 0, 400_000)
+    );
+    assert_eq!(find("r1").state, JobState::Running);
+    let again = store.claim_jobs(400_550, 100, 10).await.unwrap();
+    assert_eq!(keys(&again), ["r0"], "r1's lease holds until 400,600");
+    let Claim::Job(r0_again) = &again[0] else {
+        unreachable!("checked above")
+    };
+    assert_eq!(
+        r0_again.attempts, 1,
+        "the attempt given back is not counted"
+    );
+    store
+        .record_results(&[(r0, JobResult::Done), (r1, JobResult::Done)], 400_650)
+        .await
+        .unwrap();
+
     // More jobs than one statement takes: several statements, one transaction; a key met in
     // an earlier statement of the batch is still one job.
     let mut many: Vec<NewJob> = (0..600)

@@ -431,6 +431,29 @@ impl Store {
         .rows_affected());
         Ok(updated == 1)
     }
+
+    /// Gives back jobs claimed but never started (claimed ahead of a free worker, then the node
+    /// shut down): queued again and due as they were, their claim's attempt undone. Each
+    /// `(id, attempt)` only while that claim still holds it. Returns how many it gave back.
+    pub async fn release_jobs(&self, jobs: &[(i64, i64)]) -> Result<u64, sqlx::Error> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut released = 0;
+            for (id, attempt) in jobs {
+                released += sqlx::query(
+                    "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_until = NULL \
+                     WHERE id = $1 AND attempts = $2 AND state = 'running'",
+                )
+                .bind(id)
+                .bind(attempt)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
+            tx.commit().await?;
+            Ok(released)
+        })
+    }
 }
 
 /// Runs `statements` as one: a lone statement by itself, atomic already, and more in a
