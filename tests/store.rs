@@ -676,11 +676,8 @@ async fn postgres_store_contract() {
 
 /// A connection for one delivery record (PostgreSQL only).
 async fn journal(store: &Store) -> mailpush::store::JournalConnection {
-    store
-        .journal_connection()
-        .await
-        .unwrap()
-        .expect("PostgreSQL")
+    let pool = store.journal_pool(1).expect("PostgreSQL");
+    pool.connection().await.unwrap()
 }
 
 /// The delivery journal in the jobs' rows (nodes sharing PostgreSQL): a job whose lease ran

@@ -140,9 +140,9 @@ pub struct StorageConfig {
 pub struct DatabaseConfig {
     /// `sqlite:` or `postgres://` URL; default: `sqlite://<data_dir>/mailpush.db`.
     pub url: Option<SecretUrl>,
-    /// PostgreSQL connections this node opens at most. Each email being sent holds one for
-    /// its delivery record, so it must exceed `notify.workers`; a query that finds none free
-    /// waits up to 10 s, then fails (and is retried). SQLite always has one.
+    /// PostgreSQL connections this node opens at most for its queries; a query that finds
+    /// none free waits up to 10 s, then fails (and is retried). The delivery records have a
+    /// pool of their own, one connection per `notify.workers`. SQLite always has one.
     pub max_connections: u32,
 }
 

@@ -213,14 +213,8 @@ impl Config {
                 return fail(key, "must be at least 1");
             }
         }
-        if database_is_shared && notify.workers as u64 >= u64::from(self.database.max_connections) {
-            return fail(
-                "database.max_connections",
-                &format!(
-                    "must be more than notify.workers ({}): each email being sent holds a connection for its delivery record",
-                    notify.workers
-                ),
-            );
+        if database_is_shared && self.database.max_connections == 0 {
+            return fail("database.max_connections", "must be at least 1");
         }
         if notify.from.parse::<lettre::message::Mailbox>().is_err() {
             return fail("notify.from", "must be an email address");
@@ -321,12 +315,21 @@ mod tests {
             None,
             &[
                 ("MAILPUSH_DATABASE__URL", "postgres://db/mailpush"),
-                ("MAILPUSH_NOTIFY__WORKERS", "16"),
+                ("MAILPUSH_DATABASE__MAX_CONNECTIONS", "0"),
             ],
             "database.max_connections",
         );
-        // SQLite has one connection whatever the workers.
-        assert!(Config::load(None, env(&[("MAILPUSH_NOTIFY__WORKERS", "16")])).is_ok());
+        // The delivery records have a pool of their own, one connection per worker.
+        assert!(
+            Config::load(
+                None,
+                env(&[
+                    ("MAILPUSH_DATABASE__URL", "postgres://db/mailpush"),
+                    ("MAILPUSH_NOTIFY__WORKERS", "16"),
+                ])
+            )
+            .is_ok()
+        );
         check_err(None, &[("MAILPUSH_LOG__FORMAT", "xml")], "log.format");
         check_err(None, &[("MAILPUSH_LOG__LEVEL", "[[[")], "log.level");
         check_err(

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::smtp::Commit;
-use crate::store::Store;
+use crate::store::{JournalPool, Store};
 
 /// The journal is rotated past this size; the previous file is kept one rotation longer.
 const ROTATE_BYTES: u64 = 1 << 20;
@@ -132,19 +132,21 @@ pub(super) enum Journal {
     File(Arc<DeliveryJournal>),
     /// Nodes sharing PostgreSQL: the job's row, which the worker taking it over reads. The
     /// file is kept for what an older run on this data dir left in it.
-    Database(Store, Arc<DeliveryJournal>),
+    Database(JournalPool, Arc<DeliveryJournal>),
 }
 
 /// How long the database may take to give a connection for, or to record, a delivery.
 const JOURNAL_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Journal {
-    /// The journal for a node on `store`: nodes sharing PostgreSQL journal there, so whichever
-    /// takes a dead node's job over sees what it delivered; a lone node on SQLite in `file`.
-    pub(super) fn new(store: &Store, file: DeliveryJournal) -> Journal {
-        match store {
-            Store::Postgres(_) => Journal::Database(store.clone(), Arc::new(file)),
-            Store::Sqlite(_) => Journal::File(Arc::new(file)),
+    /// The journal for `workers` workers of a node on `store`: nodes sharing PostgreSQL
+    /// journal there, so whichever takes a dead node's job over sees what it delivered; a lone
+    /// node on SQLite in `file`.
+    pub(super) fn new(store: &Store, workers: usize, file: DeliveryJournal) -> Journal {
+        let size = u32::try_from(workers).unwrap_or(u32::MAX);
+        match store.journal_pool(size) {
+            Some(pool) => Journal::Database(pool, Arc::new(file)),
+            None => Journal::File(Arc::new(file)),
         }
     }
 
@@ -153,7 +155,7 @@ impl Journal {
     /// that cannot be made is logged, and a crash at that moment would send the message again,
     /// as with no journal.
     pub(super) async fn commit(&self, job: i64, attempt: i64) -> Commit {
-        let store = match self {
+        let pool = match self {
             Journal::File(file) => {
                 let file = file.clone();
                 return Commit {
@@ -161,13 +163,10 @@ impl Journal {
                     sent: Arc::default(),
                 };
             }
-            Journal::Database(store, _) => store,
+            Journal::Database(pool, _) => pool,
         };
-        let connection = match tokio::time::timeout(JOURNAL_TIMEOUT, store.journal_connection())
-            .await
-        {
-            Ok(Ok(Some(connection))) => connection,
-            Ok(Ok(None)) => return Commit::done(),
+        let connection = match tokio::time::timeout(JOURNAL_TIMEOUT, pool.connection()).await {
+            Ok(Ok(connection)) => connection,
             Ok(Err(err)) => {
                 tracing::error!(job, error = %err, "cannot journal the delivery; sending anyway");
                 return Commit::done();

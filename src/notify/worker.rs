@@ -106,7 +106,7 @@ impl Workers {
                 journal_path.display()
             )
         })?;
-        let journal = Journal::new(&store, file);
+        let journal = Journal::new(&store, config.workers, file);
         let sms = SmsTransport::from_config(&config.sms, data_dir.join("sms.log"))?;
         if config.smtp.url.is_none() {
             tracing::info!(outbox = %data_dir.join("outbox").display(), "notify.smtp.url is not set: emails go to the outbox folder");

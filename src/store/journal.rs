@@ -5,7 +5,18 @@
 
 use super::{Store, on_pool};
 
-/// A database connection held to journal one delivery ([`Store::journal_connection`]).
+/// The connections that journal deliveries, one per worker, apart from the store's pool
+/// ([`Store::journal_pool`]).
+///
+/// Their commits do not wait for the write-ahead log's flush (`synchronous_commit = off`): the
+/// record is visible to every node at once, and is what a node that takes a dead worker's job
+/// over reads; only a crash of the database itself within a fraction of a second can forget
+/// it, and then only a worker that also died before recording its result sends that email
+/// again. Waiting for the flush was a commit an email on top of the claims and results.
+#[derive(Clone)]
+pub struct JournalPool(sqlx::PgPool);
+
+/// A database connection held to journal one delivery ([`JournalPool::connection`]).
 pub struct JournalConnection(sqlx::pool::PoolConnection<sqlx::Postgres>);
 
 impl JournalConnection {
@@ -44,25 +55,42 @@ const JOURNAL_RECORD: &str =
 pub const DELIVERED_BEFORE_CRASH: &str =
     "handed to the relay before a crash; marked done at start-up from the delivery journal";
 
+impl JournalPool {
+    /// A connection of its own for journaling one delivery. Taken before the message goes
+    /// out, so that the record's request leaves at once when the `.` is due.
+    pub async fn connection(&self) -> Result<JournalConnection, sqlx::Error> {
+        let mut connection = self.0.acquire().await?;
+        // Parsed now, on the connection's first journal only (sqlx caches it): the record
+        // itself must not wait for a Parse before its request leaves.
+        sqlx::Executor::prepare(
+            &mut *connection,
+            sqlx::SqlSafeStr::into_sql_str(JOURNAL_RECORD),
+        )
+        .await?;
+        Ok(JournalConnection(connection))
+    }
+}
+
 impl Store {
-    /// A connection of its own for journaling one delivery, on PostgreSQL (None on SQLite,
-    /// where a lone node journals to a file). Taken before the message goes out, so that the
-    /// record's request leaves at once when the `.` is due.
-    pub async fn journal_connection(&self) -> Result<Option<JournalConnection>, sqlx::Error> {
-        match self {
-            Store::Sqlite(_) => Ok(None),
-            Store::Postgres(pool) => {
-                let mut connection = pool.acquire().await?;
-                // Parsed now, on the connection's first journal only (sqlx caches it): the
-                // record itself must not wait for a Parse before its request leaves.
-                sqlx::Executor::prepare(
-                    &mut *connection,
-                    sqlx::SqlSafeStr::into_sql_str(JOURNAL_RECORD),
-                )
-                .await?;
-                Ok(Some(JournalConnection(connection)))
-            }
-        }
+    /// The pool of `size` connections (one per worker) that journal deliveries, on the
+    /// store's PostgreSQL; None on SQLite, where a lone node journals to a file. Connects as
+    /// its connections are first needed.
+    pub fn journal_pool(&self, size: u32) -> Option<JournalPool> {
+        let Store::Postgres(pool) = self else {
+            return None;
+        };
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(size.max(1))
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(&mut *connection, "SET synchronous_commit = off")
+                        .await
+                        .map(drop)
+                })
+            })
+            .connect_lazy_with(pool.connect_options().as_ref().clone());
+        Some(JournalPool(pool))
     }
 
     /// Marks done the jobs of a crashed run whose email reached the relay: each `(id, attempt)`

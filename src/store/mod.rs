@@ -24,7 +24,7 @@ pub use devices::{
     Device, DeviceError, Environment, NewDevice, PayloadFormat, Platform, Upserted, WebPushKeys,
 };
 pub use jobs::{Claim, DELIVERED_BEFORE_TAKEOVER, Job, JobResult, JobState, NewJob};
-pub use journal::{DELIVERED_BEFORE_CRASH, JournalConnection};
+pub use journal::{DELIVERED_BEFORE_CRASH, JournalConnection, JournalPool};
 pub use states::StoredState;
 pub use users::{User, UserUpdate};
 
