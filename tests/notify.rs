@@ -490,3 +490,67 @@ async fn no_more_sends_run_at_once_than_there_are_workers() {
     );
     assert!(smtp.by_recipient().values().all(|&sent| sent == 1));
 }
+
+/// A job claimed ahead of a busy worker is not started on a lease more than half gone: it is
+/// given back to the queue (counted as `released`), claimed again with its attempt undone,
+/// and sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_claimed_ahead_for_half_its_lease_is_given_back_and_sent_once() {
+    const LEASE: Duration = Duration::from_secs(6);
+    let smtp = SmtpSink::start();
+    let sms = SmsMock::start().await;
+    let app = app(
+        &smtp,
+        &sms,
+        &[
+            ("MAILPUSH_NOTIFY__WORKERS", "1"),
+            ("MAILPUSH_NOTIFY__LEASE_SECS", "6"),
+        ],
+    )
+    .await;
+    let store = app.store().await;
+    smtp.hold(common::smtp::Hold::Data);
+    for n in 0..2 {
+        app.send_datagram(
+            format!(
+                "mailto\0SIEVE\0normal\0alice\0\x001\0r{n}@example.test\0Mail {n}\0/stage/{n}\0"
+            )
+            .as_bytes(),
+        );
+    }
+    wait_until(
+        "one send held at the relay, one job claimed ahead",
+        || async {
+            smtp.held() == 1 && store.jobs(Some(JobState::Running), 10).await.unwrap().len() == 2
+        },
+    )
+    .await;
+    // Both were claimed before this moment; the held send's budget is its lease less 1 s.
+    let claimed = std::time::Instant::now();
+    wait_until("more than half the lease gone", || async {
+        claimed.elapsed() > LEASE / 2 + Duration::from_millis(500)
+    })
+    .await;
+    smtp.hold(common::smtp::Hold::Nothing);
+
+    wait_until("both sent and done", || async {
+        store.jobs(Some(JobState::Done), 10).await.unwrap().len() == 2
+    })
+    .await;
+    let sent = smtp.by_recipient();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent.values().all(|&n| n == 1), "each once: {sent:?}");
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric(&metrics, "mailpush_jobs_total{outcome=\"released\"}"),
+        1.0
+    );
+    let attempts: Vec<i64> = store
+        .jobs(Some(JobState::Done), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|job| job.attempts)
+        .collect();
+    assert_eq!(attempts, [1, 1], "the attempt given back is not counted");
+}

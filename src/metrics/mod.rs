@@ -84,6 +84,7 @@ pub const JOB_OUTCOMES: &[&str] = &[
     "retried",
     "dead",
     "no_credit",
+    "released",
 ];
 
 /// The most distinct slots (Cyrus `serverFQDN`s) given their own series; FastMail ran up to 40

@@ -292,6 +292,9 @@ impl Workers {
         let claims: Vec<(i64, i64)> = jobs.iter().map(|job| (job.id, job.attempts)).collect();
         match self.store.release_jobs(&claims).await {
             Ok(released) => {
+                for _ in 0..released {
+                    self.metrics.job_outcome("released");
+                }
                 tracing::debug!(
                     jobs = released,
                     "jobs claimed ahead given back to the queue"
