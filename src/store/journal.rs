@@ -26,7 +26,7 @@ impl JournalConnection {
     /// sending it again.
     ///
     /// One prepared statement on a connection with nothing outstanding: the statement was
-    /// parsed when the connection was taken ([`Store::journal_connection`]), so the first
+    /// parsed when the connection was taken ([`JournalPool::connection`]), so the first
     /// poll writes the whole request (Bind, Execute, Sync) to the socket before it waits for
     /// the answer, and the server runs a query it has received even if the client dies.
     /// `sent` is set just before that first poll of the query.
