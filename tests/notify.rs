@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::smtp::{SmsMock, SmtpSink};
 use common::{TestApp, email_alarm, event_datagram, metric, wait_until};
 use mail_parser::MimeHeaders;
-use mailpush::store::{JobState, UserUpdate};
+use mailpush::store::{JobState, NewJob, UserUpdate};
 use serde_json::json;
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -497,27 +497,51 @@ async fn no_more_sends_run_at_once_than_there_are_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_claimed_ahead_for_half_its_lease_is_given_back_and_sent_once() {
     const LEASE: Duration = Duration::from_secs(6);
-    let smtp = SmtpSink::start();
-    let sms = SmsMock::start().await;
-    let app = app(
-        &smtp,
-        &sms,
-        &[
-            ("MAILPUSH_NOTIFY__WORKERS", "1"),
-            ("MAILPUSH_NOTIFY__LEASE_SECS", "6"),
-        ],
+    // Both jobs wait in the database before the app starts, so its first claim takes both:
+    // one for its one worker, one ahead of it.
+    let dir = tempfile::tempdir().unwrap();
+    let database = match std::env::var("MAILPUSH_TEST_APP_PG_URL") {
+        Ok(url) => Some(common::postgres_schema(&url).await),
+        Err(_) => None,
+    };
+    let setup =
+        mailpush::store::Store::connect(database.as_deref(), &dir.path().join("mailpush.db"))
+            .await
+            .unwrap();
+    let jobs: Vec<NewJob> = (0..2)
+        .map(|n| NewJob {
+            user_id: "alice".into(),
+            kind: "sieve_email".into(),
+            payload: serde_json::to_string(&mailpush::job::Work::SieveEmail {
+                uri: format!("r{n}@example.test"),
+                message: format!("Mail {n}"),
+                importance: "normal".into(),
+            })
+            .unwrap(),
+            key: format!("ahead-{n}"),
+        })
+        .collect();
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
     )
-    .await;
-    let store = app.store().await;
+    .unwrap();
+    assert_eq!(setup.insert_jobs(&jobs, now_ms).await.unwrap(), 2);
+
+    let smtp = SmtpSink::start();
     smtp.hold(common::smtp::Hold::Data);
-    for n in 0..2 {
-        app.send_datagram(
-            format!(
-                "mailto\0SIEVE\0normal\0alice\0\x001\0r{n}@example.test\0Mail {n}\0/stage/{n}\0"
-            )
-            .as_bytes(),
-        );
-    }
+    let app = TestApp::builder()
+        .database(database)
+        .data_dir(dir.path())
+        .env("MAILPUSH_NOTIFY__SMTP__URL", &smtp.url())
+        .env("MAILPUSH_NOTIFY__FROM", "notifications@example.test")
+        .env("MAILPUSH_NOTIFY__WORKERS", "1")
+        .env("MAILPUSH_NOTIFY__LEASE_SECS", "6")
+        .start()
+        .await;
+    let store = app.store().await;
     wait_until(
         "one send held at the relay, one job claimed ahead",
         || async {

@@ -175,6 +175,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Uses the database at `url` (None: SQLite in the data dir), prepared by the test.
+    pub fn database(mut self, url: Option<String>) -> Self {
+        self.database_url = url;
+        self
+    }
+
     /// Uses another app's database (on PostgreSQL: its schema), to start again on its data.
     pub fn same_database(mut self, other: &TestApp) -> Self {
         self.database_url = other.database_url.clone();
