@@ -14,6 +14,7 @@ pub mod email;
 pub mod enqueue;
 pub mod journal;
 pub mod render;
+mod results;
 pub mod sms;
 pub mod smtp;
 pub mod spool;

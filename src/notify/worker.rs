@@ -1,10 +1,9 @@
 //! The worker pool: a dispatcher claims due jobs for the free workers, and up to one per
 //! worker ahead of them, in one statement, and starts a send for each free worker (a worker
-//! that finishes takes the next job claimed ahead); a recorder writes their results (done,
-//! retried later with backoff, or dead with its last error) a batch per transaction, as they
-//! come in. Per email that leaves a fraction of a claim and of a commit instead of one of
-//! each, which on SQLite was most of a job's cost (each statement a round trip to its thread)
-//! and on PostgreSQL a flush of its log. The dispatcher wakes when the writer has inserted
+//! that finishes takes the next job claimed ahead); a recorder (`results.rs`) writes their
+//! results a batch per transaction, as they come in. Per email that leaves a fraction of a
+//! claim and of a commit instead of one of each, which on SQLite was most of a job's cost
+//! (each statement a round trip to its thread) and on PostgreSQL a flush of its log. The dispatcher wakes when the writer has inserted
 //! jobs, when a worker is free again or when the next job falls due, never on a fixed poll.
 
 use std::collections::VecDeque;
@@ -20,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::email::{Envelope, MailTransport, alarm_email, sieve_email};
 use super::journal::{DeliveryJournal, Journal};
 use super::render::Templates;
+use super::results::{Finished, RECORD_BATCH, record_results};
 use super::sms::{SmsTransport, squeeze};
 use super::{SendError, now_ms};
 use crate::backoff::{RetryPolicy, random_fraction};
@@ -33,12 +33,8 @@ use crate::store::{Claim, Job, JobResult, Store};
 const MAX_IDLE: Duration = Duration::from_secs(15);
 /// The delivery journal's file in the data dir.
 const JOURNAL_FILE: &str = "delivery.journal";
-/// How often a worker tries again to record a job's result while the database is away.
-const RECORD_RETRY: Duration = Duration::from_millis(250);
 /// Retries never wait longer than this.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
-/// The most results recorded in one transaction.
-const RECORD_BATCH: usize = 256;
 
 /// Swaps in freshly loaded templates (SIGHUP); a template folder that does not load leaves
 /// the current set in place.
@@ -57,15 +53,6 @@ impl TemplateReloader {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(fresh);
         Ok(())
     }
-}
-
-/// A job's result on its way to the recorder.
-struct Finished {
-    id: i64,
-    result: JobResult,
-    /// When the job's lease runs out: a result not recorded by then is given up (the job
-    /// is claimed again, at least once).
-    lease_ends: tokio::time::Instant,
 }
 
 /// What every worker shares.
@@ -464,49 +451,5 @@ impl Workers {
             cap: MAX_BACKOFF,
         };
         policy.delay(u32::try_from(attempts).unwrap_or(1), random_fraction())
-    }
-}
-
-/// Records the workers' results as they come in, each batch in one transaction, until every
-/// sender is gone (the dispatcher and the last send, at shutdown). While the database is away
-/// it keeps trying, within the results' leases: a sent job left `running` would be claimed and
-/// sent again once its lease ran out. A job put back in the queue wakes the dispatcher, which
-/// may have looked for due jobs while it was still running.
-async fn record_results(store: Store, mut results: mpsc::Receiver<Finished>, wake: Arc<Notify>) {
-    let mut batch = Vec::with_capacity(RECORD_BATCH);
-    while results.recv_many(&mut batch, RECORD_BATCH).await > 0 {
-        loop {
-            let now = tokio::time::Instant::now();
-            // A result whose lease has run out is another claim's now: at least once.
-            batch.retain(|finished: &Finished| {
-                let alive = finished.lease_ends > now;
-                if !alive {
-                    tracing::error!(
-                        job = finished.id,
-                        "the job's result was not recorded before its lease ran out"
-                    );
-                }
-                alive
-            });
-            if batch.is_empty() {
-                break;
-            }
-            let rows: Vec<(i64, JobResult)> = batch
-                .iter()
-                .map(|finished| (finished.id, finished.result.clone()))
-                .collect();
-            let Err(err) = store.record_results(&rows, now_ms()).await else {
-                if rows
-                    .iter()
-                    .any(|(_, result)| matches!(result, JobResult::Retry { .. }))
-                {
-                    wake.notify_waiters();
-                }
-                break;
-            };
-            tracing::warn!(jobs = rows.len(), error = %err, "cannot record the jobs' results yet; retrying");
-            tokio::time::sleep(RECORD_RETRY).await;
-        }
-        batch.clear();
     }
 }
