@@ -61,7 +61,7 @@ mod tests {
                     let first = *first_beats.entry(n).or_insert(tick);
                     assert_eq!(
                         tick,
-                        first + (beats as u32 - 1) * SLICES as u32,
+                        first + (beats - 1) * SLICES as u32,
                         "user{n}: one beat per period, a period apart"
                     );
                 }

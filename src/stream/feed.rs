@@ -247,10 +247,8 @@ impl Feed {
         self.seen = now;
         if frame.is_some() {
             self.options.sent.inc();
-            if let Some(changed_at) = changed_at {
-                self.options
-                    .latency
-                    .observe(changed_at.elapsed().as_secs_f64());
+            if let Some(elapsed) = changed_at.elapsed() {
+                self.options.latency.observe(elapsed.as_secs_f64());
             }
             self.quiet = false;
             if let (Some(timer), Some(every)) = (self.ping.as_mut(), self.options.ping_interval()) {

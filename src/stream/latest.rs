@@ -4,13 +4,14 @@
 //! tokio's `watch` has the same contract, but it carries eight notifiers per channel (to spread
 //! contention among many receivers), about 500 bytes a user, and its `changed()` future holds a
 //! waiter of its own (about 100 bytes), which an idle stream keeps for its whole life. Here the
-//! cell keeps one waker per waiting receiver in a short list, so the waiting future is a
-//! reference, and the cell costs about 250 bytes. A receiver that falls behind sees only the
-//! newest value.
+//! cell keeps one waker per waiting receiver in a short list, under the value's own lock, so
+//! the waiting future is a reference and the cell fits mimalloc's 192-byte class (a unit test
+//! holds it there). A receiver that falls behind sees only the newest value.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll, Waker};
 
 use smallvec::SmallVec;
@@ -29,16 +30,25 @@ pub struct Receiver<T> {
     id: u32,
 }
 
+/// A read of the value; changes wait until it is dropped.
+pub struct Ref<'a, T>(RwLockReadGuard<'a, Inner<T>>);
+
 struct Shared<T> {
-    value: RwLock<T>,
-    /// Raised under the write lock on every change.
+    inner: RwLock<Inner<T>>,
+    /// Raised under the write lock on every change, and read without it.
     version: AtomicU64,
-    /// The receivers waiting for the next change, each with the waker of its latest wait.
-    /// A change wakes and empties the list. Room for one in place: most users have one
-    /// stream, and the cell has that room to spare in its allocator size class.
-    waiting: Mutex<SmallVec<[(u32, Waker); 1]>>,
-    receivers: AtomicUsize,
+    receivers: AtomicU32,
     next_id: AtomicU32,
+}
+
+/// What the lock guards: the value, and the receivers waiting for its next change, each with
+/// the waker of its latest wait. A change wakes and empties the list. One lock for both: a
+/// change and a wait never race (the version moves under the lock a wait registers under),
+/// and the cell carries one lock's room, not two. Room for one waker in place: most users
+/// have one stream.
+struct Inner<T> {
+    value: T,
+    waiting: SmallVec<[(u32, Waker); 1]>,
 }
 
 impl<T> Sender<T> {
@@ -46,10 +56,12 @@ impl<T> Sender<T> {
     pub fn new(value: T) -> Sender<T> {
         Sender {
             shared: Arc::new(Shared {
-                value: RwLock::new(value),
+                inner: RwLock::new(Inner {
+                    value,
+                    waiting: SmallVec::new(),
+                }),
                 version: AtomicU64::new(0),
-                waiting: Mutex::new(SmallVec::new()),
-                receivers: AtomicUsize::new(0),
+                receivers: AtomicU32::new(0),
                 next_id: AtomicU32::new(0),
             }),
         }
@@ -57,21 +69,16 @@ impl<T> Sender<T> {
 
     /// Lets `modify` change the value; when it returns true, every receiver is woken.
     pub fn send_if_modified(&self, modify: impl FnOnce(&mut T) -> bool) -> bool {
-        let mut value = self
-            .shared
-            .value
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !modify(&mut value) {
+        let mut inner = write(&self.shared.inner);
+        if !modify(&mut inner.value) {
             return false;
         }
         self.shared.version.fetch_add(1, Ordering::Release);
-        drop(value);
-        // After the version: a receiver that registers once this has taken the list sees
-        // the new version when it looks again, so no change goes unnoticed. Woken outside
-        // the lock, so a woken stream on another thread does not wait on it; taking a list of
-        // one (the usual user) moves it out of its place and allocates nothing.
-        let waiting = std::mem::take(&mut *lock(&self.shared.waiting));
+        // Woken outside the lock, so a woken stream on another thread does not wait on it;
+        // taking a list of one (the usual user) moves it out of its place and allocates
+        // nothing.
+        let waiting = std::mem::take(&mut inner.waiting);
+        drop(inner);
         for (_, waker) in waiting {
             waker.wake();
         }
@@ -98,12 +105,12 @@ impl<T> Sender<T> {
 
     /// Receivers alive now.
     pub fn receiver_count(&self) -> usize {
-        self.shared.receivers.load(Ordering::Acquire)
+        self.shared.receivers.load(Ordering::Acquire) as usize
     }
 
     /// The current value.
-    pub fn borrow(&self) -> RwLockReadGuard<'_, T> {
-        read(&self.shared.value)
+    pub fn borrow(&self) -> Ref<'_, T> {
+        Ref(read(&self.shared.inner))
     }
 }
 
@@ -117,16 +124,16 @@ impl<T> Clone for Sender<T> {
 
 impl<T> Receiver<T> {
     /// The current value, without marking it seen.
-    pub fn borrow(&self) -> RwLockReadGuard<'_, T> {
-        read(&self.shared.value)
+    pub fn borrow(&self) -> Ref<'_, T> {
+        Ref(read(&self.shared.inner))
     }
 
     /// The current value, marked seen.
-    pub fn borrow_and_update(&mut self) -> RwLockReadGuard<'_, T> {
-        let value = read(&self.shared.value);
+    pub fn borrow_and_update(&mut self) -> Ref<'_, T> {
+        let inner = read(&self.shared.inner);
         // Read under the lock that every change holds while it raises the version.
         self.seen = self.shared.version.load(Ordering::Acquire);
-        value
+        Ref(inner)
     }
 
     /// Whether the value changed since this receiver last read it.
@@ -136,25 +143,23 @@ impl<T> Receiver<T> {
 
     /// Ready once the value changed since this receiver last read it; else the task is woken
     /// at the next change. A wait given up leaves its waker listed until then: the task is
-    /// woken for nothing once, which costs less than a waiter in every waiting future.
+    /// woken for nothing once, which costs less than a waiter in every waiting future. Not to
+    /// be called while this thread holds a [`Ref`] of the same cell.
     pub fn poll_changed(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.has_changed() {
             return Poll::Ready(());
         }
-        {
-            let mut waiting = lock(&self.shared.waiting);
-            match waiting.iter_mut().find(|(id, _)| *id == self.id) {
-                Some((_, waker)) if waker.will_wake(cx.waker()) => {}
-                Some((_, waker)) => *waker = cx.waker().clone(),
-                None => waiting.push((self.id, cx.waker().clone())),
-            }
-        }
-        // Again, now that the waker is listed: a change in between took the list before it.
+        let mut inner = write(&self.shared.inner);
+        // Again under the lock: a change before it took the list this waker would have joined.
         if self.has_changed() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+            return Poll::Ready(());
         }
+        match inner.waiting.iter_mut().find(|(id, _)| *id == self.id) {
+            Some((_, waker)) if waker.will_wake(cx.waker()) => {}
+            Some((_, waker)) => *waker = cx.waker().clone(),
+            None => inner.waiting.push((self.id, cx.waker().clone())),
+        }
+        Poll::Pending
     }
 
     /// Waits until the value changes (returns at once if it already has). Cancel-safe.
@@ -165,8 +170,18 @@ impl<T> Receiver<T> {
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        lock(&self.shared.waiting).retain(|(id, _)| *id != self.id);
+        write(&self.shared.inner)
+            .waiting
+            .retain(|(id, _)| *id != self.id);
         self.shared.receivers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<T> Deref for Ref<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0.value
     }
 }
 
@@ -174,15 +189,15 @@ fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
     #[test]
@@ -207,6 +222,15 @@ mod tests {
         assert_eq!(sender.receiver_count(), 0);
     }
 
+    /// Every user in memory has a cell: keep a user's (its `Arc` counts included) in
+    /// mimalloc's 192-byte size class, where it was 256 (a field of 8 more bytes in `Live`, a
+    /// second lock, a `u64` count or a spilled `SmallVec` layout would put it back).
+    #[test]
+    fn a_users_cell_fits_192_bytes() {
+        let cell = std::mem::size_of::<Shared<crate::stream::Live>>() + 2 * size_of::<usize>();
+        assert!(cell <= 192, "a user's cell grew to {cell} bytes");
+    }
+
     /// A waker that counts its wakes.
     struct Wakes(AtomicUsize);
 
@@ -229,21 +253,21 @@ mod tests {
         }
         assert!(other.poll_changed(&mut cx).is_pending());
         assert_eq!(
-            lock(&sender.shared.waiting).len(),
+            read(&sender.shared.inner).waiting.len(),
             2,
             "one entry a receiver"
         );
 
         sender.send_modify(|value| *value = 1);
         assert_eq!(wakes.0.load(Ordering::SeqCst), 2, "each waiter woken once");
-        assert!(lock(&sender.shared.waiting).is_empty());
+        assert!(read(&sender.shared.inner).waiting.is_empty());
         assert!(receiver.poll_changed(&mut cx).is_ready());
         assert_eq!(*receiver.borrow_and_update(), 1);
 
         assert!(receiver.poll_changed(&mut cx).is_pending());
         drop(receiver);
         assert!(
-            lock(&sender.shared.waiting).is_empty(),
+            read(&sender.shared.inner).waiting.is_empty(),
             "a dropped receiver's waker does not stay behind"
         );
         sender.send_modify(|value| *value = 2);

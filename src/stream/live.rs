@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 
 use super::signals::Signals;
+use super::stamp::{SecondStamp, Stamp};
 use crate::event::IdScheme;
 use crate::route::StateChange;
 
@@ -39,8 +40,8 @@ pub struct Published {
     /// The `/events` frame of `state`, encoded once when the state moves and shared by every
     /// connection of the user: a delivery is then a reference count and a write.
     pub frame: Bytes,
-    /// When `apply` last raised the state; None until it first does (for the latency).
-    pub changed_at: Option<std::time::Instant>,
+    /// When `apply` last raised the state; never until it first does (for the latency).
+    pub changed_at: Stamp,
 }
 
 /// Where the user stands with the state record ([`super::persist`]) and eviction.
@@ -52,7 +53,7 @@ pub struct RecordMarks {
     pub loaded: bool,
     /// When the state last moved, was loaded, or a stream subscribed: a user untouched for
     /// `http.idle_user_secs` with no stream leaves memory.
-    pub touched_at: Option<std::time::Instant>,
+    pub touched_at: SecondStamp,
 }
 
 impl UserState {
@@ -131,11 +132,11 @@ impl RecordMarks {
 
 impl Published {
     /// Raises the state by `change`; when it moved, encodes its frame and stamps it `now`.
-    pub(super) fn raise(&mut self, change: &StateChange, now: std::time::Instant) -> bool {
+    pub(super) fn raise(&mut self, change: &StateChange, now: Stamp) -> bool {
         let moved = self.state.raise(change);
         if moved {
             self.frame = super::legacy::frame(&self.state);
-            self.changed_at = Some(now);
+            self.changed_at = now;
         }
         moved
     }

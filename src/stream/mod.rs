@@ -17,6 +17,7 @@ pub mod live;
 pub mod persist;
 pub mod reminder;
 pub mod signals;
+pub mod stamp;
 pub mod state;
 pub mod users;
 

@@ -14,15 +14,17 @@ use bytes::Bytes;
 /// Reminders a stream may fall behind by before it misses the oldest.
 pub const REMINDER_BACKLOG: usize = 8;
 
-/// The signals of one user, in their channel.
+/// The signals of one user, in their channel. Every user in memory carries one, so it is kept
+/// to 24 bytes: the counts are `u32` and compared by wrapping difference (a stream would have
+/// to fall four billion behind to miscount), and the rare reminders sit behind a thin pointer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Signals {
     /// Reminder frames sent to the user so far; the last [`REMINDER_BACKLOG`] are in
     /// `reminders`, the newest last.
-    reminders_sent: u64,
-    reminders: Arc<[Bytes]>,
+    reminders_sent: u32,
+    reminders: Option<Arc<Vec<Bytes>>>,
     /// Ticks of the shared keepalive clock while the user had streams.
-    beats: u64,
+    beats: u32,
     /// Set at shutdown: every stream writes its goodbye and ends.
     closing: bool,
 }
@@ -31,8 +33,8 @@ pub struct Signals {
 /// the stream opened: earlier reminders and beats are not its to act on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SignalsSeen {
-    reminders: u64,
-    beats: u64,
+    reminders: u32,
+    beats: u32,
 }
 
 /// The next thing a stream must act on, other than the state.
@@ -60,34 +62,33 @@ impl Signals {
         if self.closing {
             return Some(Signal::Closing);
         }
-        let unsent = self.reminders_sent - seen.reminders;
-        if unsent > 0 {
+        let unsent = self.reminders_sent.wrapping_sub(seen.reminders);
+        let kept = self.kept();
+        if unsent > 0 && !kept.is_empty() {
             // A stream more than the backlog behind skips the oldest.
-            let backlog = (unsent as usize).min(self.reminders.len());
-            seen.reminders = self.reminders_sent - backlog as u64 + 1;
-            return Some(Signal::Reminder(
-                self.reminders[self.reminders.len() - backlog].clone(),
-            ));
+            let backlog = (unsent as usize).min(kept.len());
+            seen.reminders = self.reminders_sent.wrapping_sub(backlog as u32 - 1);
+            return Some(Signal::Reminder(kept[kept.len() - backlog].clone()));
         }
-        let ticks = self.beats - seen.beats;
+        let ticks = self.beats.wrapping_sub(seen.beats);
         if ticks > 0 {
             seen.beats = self.beats;
-            return Some(Signal::Beats(ticks));
+            return Some(Signal::Beats(u64::from(ticks)));
         }
         None
     }
 
     /// Adds a reminder frame, keeping the last [`REMINDER_BACKLOG`].
     pub fn remind(&mut self, frame: Bytes) {
-        let keep = self.reminders.len().min(REMINDER_BACKLOG - 1);
-        let older = &self.reminders[self.reminders.len() - keep..];
-        self.reminders = older.iter().cloned().chain([frame]).collect();
-        self.reminders_sent += 1;
+        let kept = self.kept();
+        let older = &kept[kept.len() - kept.len().min(REMINDER_BACKLOG - 1)..];
+        self.reminders = Some(Arc::new(older.iter().cloned().chain([frame]).collect()));
+        self.reminders_sent = self.reminders_sent.wrapping_add(1);
     }
 
     /// One tick of the keepalive clock.
     pub fn beat(&mut self) {
-        self.beats += 1;
+        self.beats = self.beats.wrapping_add(1);
     }
 
     /// Shutdown.
@@ -96,7 +97,7 @@ impl Signals {
     }
 
     /// Keepalive ticks so far.
-    pub fn beats(&self) -> u64 {
+    pub fn beats(&self) -> u32 {
         self.beats
     }
 
@@ -106,8 +107,13 @@ impl Signals {
     }
 
     /// Reminders sent so far, and the ones still kept.
-    pub fn reminders(&self) -> (u64, &[Bytes]) {
-        (self.reminders_sent, &self.reminders)
+    pub fn reminders(&self) -> (u32, &[Bytes]) {
+        (self.reminders_sent, self.kept())
+    }
+
+    /// The reminders kept, oldest first.
+    fn kept(&self) -> &[Bytes] {
+        self.reminders.as_deref().map_or(&[], Vec::as_slice)
     }
 }
 
@@ -148,7 +154,7 @@ mod tests {
         let (sent, kept) = signals.reminders();
         assert_eq!(
             (sent, kept.len()),
-            (REMINDER_BACKLOG as u64 + 3, REMINDER_BACKLOG)
+            (REMINDER_BACKLOG as u32 + 3, REMINDER_BACKLOG)
         );
         for n in 3..REMINDER_BACKLOG + 3 {
             assert_eq!(

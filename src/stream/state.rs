@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use super::latest;
 use super::live::{Live, UserState};
 use super::signals::SignalsSeen;
+use super::stamp::{SecondStamp, Stamp};
 use super::users::{SLICES, Users};
 use crate::route::StateChange;
 
@@ -84,9 +85,9 @@ impl StateHub {
         let now = std::time::Instant::now();
         let mut newly_dirty = false;
         let mut raise = |live: &mut Live| {
-            let moved = live.published.raise(change, now);
+            let moved = live.published.raise(change, Stamp::at(now));
             if moved {
-                live.marks.touched_at = Some(now);
+                live.marks.touched_at = SecondStamp::at(now);
                 newly_dirty = live.marks.mark_dirty();
             }
             moved
@@ -126,7 +127,7 @@ impl StateHub {
             let moved = live.published.state.raise_to(state);
             if moved {
                 live.published.frame = super::legacy::frame(&live.published.state);
-                live.published.changed_at = Some(std::time::Instant::now());
+                live.published.changed_at = Stamp::now();
             }
             moved
         })
@@ -156,7 +157,7 @@ impl StateHub {
     pub fn users_with_streams(&self) -> Vec<String> {
         let users = self.cells();
         (0..SLICES)
-            .flat_map(|slice| users.slice(slice).iter())
+            .flat_map(|slice| users.slice(slice))
             .filter(|(_, cell)| cell.receiver_count() > 0)
             .map(|(name, _)| name.to_string())
             .collect()
@@ -184,7 +185,7 @@ impl StateHub {
         let cell = users.get_or_insert_with(user, || self.new_cell());
         cell.send_if_modified(|live| {
             live.marks.loaded = true;
-            live.marks.touched_at = Some(std::time::Instant::now());
+            live.marks.touched_at = SecondStamp::now();
             let moved = stored.is_some_and(|stored| live.published.state.raise_to(stored));
             if moved {
                 live.published.frame = super::legacy::frame(&live.published.state);
@@ -250,7 +251,7 @@ impl StateHub {
         }
         // A quiet change: the stream opening is no news to the others.
         cell.send_if_modified(|live| {
-            live.marks.touched_at = Some(std::time::Instant::now());
+            live.marks.touched_at = SecondStamp::now();
             false
         });
         let receiver = cell.subscribe();
@@ -304,7 +305,7 @@ impl StateHub {
                 return false;
             }
             let marks = &sender.borrow().marks;
-            !marks.dirty && marks.touched_at.is_none_or(|at| at < cutoff)
+            !marks.dirty && marks.touched_at.is_before(cutoff)
         })
     }
 
@@ -328,7 +329,6 @@ impl StateHub {
         let users = self.cells();
         users
             .slice(slice)
-            .iter()
             .filter(|(_, cell)| cell.receiver_count() > 0)
             .map(|(_, cell)| cell.clone())
             .collect()
@@ -440,7 +440,10 @@ mod tests {
             crate::stream::legacy::frame(&published.state),
             "encoded once, in the channel"
         );
-        assert!(published.changed_at.is_some(), "stamped when it moved");
+        assert!(
+            published.changed_at.elapsed().is_some(),
+            "stamped when it moved"
+        );
         hub.apply("alice", &mail(1));
         assert!(!sub.receiver.has_changed());
         hub.apply("bob", &mail(9));
