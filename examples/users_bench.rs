@@ -17,18 +17,6 @@ mod common;
 
 use anyhow::Context;
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|kb| kb.trim().trim_end_matches(" kB").parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|line| {
@@ -73,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let http = common::wait_for_listening(&mut child, false)?.http;
     let metrics_url = format!("http://{http}/metrics");
     let metrics = || async { reqwest::get(&metrics_url).await?.text().await };
-    let at_start = rss_kb(pid);
+    let at_start = common::rss_kb(pid);
 
     let sender = std::os::unix::net::UnixDatagram::unbound()?;
     let per_user = |kb: u64| (kb.saturating_sub(at_start) as f64 * 1024.0) / users as f64;
@@ -98,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
             metric(text, "mailpush_state_updates_total") >= seen as f64
         })
         .await?;
-        let after_events = rss_kb(pid);
+        let after_events = common::rss_kb(pid);
         let in_memory = metric(&metrics().await?, "mailpush_users_in_memory");
         wait_for(&metrics, "every state saved", |text| {
             metric(text, "mailpush_states_saved_total") >= seen as f64
@@ -108,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
             metric(text, "mailpush_users_in_memory") == 0.0
         })
         .await?;
-        let after_idle = rss_kb(pid);
+        let after_idle = common::rss_kb(pid);
         println!(
             "wave {}: {users} new users sent in {sent_in:.1?}; RSS {after_events} kB with {in_memory} in memory ({:.0} B a user of the wave), {after_idle} kB once they went idle ({seen} seen, 0 in memory)",
             wave + 1,

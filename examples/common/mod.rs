@@ -73,3 +73,16 @@ pub fn wait_for_listening(child: &mut Child, echo: bool) -> anyhow::Result<Liste
     }
     anyhow::bail!("mailpush exited before listening")
 }
+
+/// A process's resident memory in kB (`VmRSS`); 0 if it cannot be read.
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|kb| kb.trim().trim_end_matches(" kB").parse().ok())
+        })
+        .unwrap_or(0)
+}
