@@ -13,6 +13,7 @@ pub mod devices;
 pub mod events;
 pub mod hyper_conn;
 pub mod lean_ingest;
+pub mod lean_stream;
 pub mod openapi;
 pub mod serve;
 pub mod status;
