@@ -6,13 +6,13 @@
 //! limit. The status page's totals and latest rejected packets live in `status.rs`.
 
 mod cluster;
+mod labels;
 mod status;
 
 use std::collections::HashSet;
 use std::sync::RwLock;
 
 use crate::event::ParseError;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -20,44 +20,14 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 pub use cluster::ClusterMetrics;
+use labels::{
+    EventLabels, FormatLabels, LimitLabels, OperationLabels, OutcomeLabels, ProviderLabels,
+    PushLabels, ReasonLabels, RejectLabels, SlotLabels,
+};
 use status::StatusTotals;
 pub use status::{Rejection, StatusSnapshot};
 
 use crate::ingest::Source;
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct EventLabels {
-    source: &'static str,
-    r#type: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct RejectLabels {
-    source: &'static str,
-    reason: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct SlotLabels {
-    slot: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct FormatLabels {
-    format: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct PushLabels {
-    provider: &'static str,
-    app: String,
-    outcome: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
-}
 
 /// Every `limits_reached` label, so each series exists (at 0) from the start: `rate()` and
 /// dashboards see a bound before it is first reached.
@@ -121,29 +91,9 @@ pub struct Metrics {
     totals: StatusTotals,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ProviderLabels {
-    provider: &'static str,
-}
-
 /// Buckets from 50 µs to about 26 s, doubling.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct OperationLabels {
-    operation: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct LimitLabels {
-    limit: &'static str,
 }
 
 /// Values read from their owners when metrics are rendered.
@@ -511,54 +461,4 @@ impl Metrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_counts() {
-        let metrics = Metrics::new();
-        metrics.event_received(Source::Cyrus, "MessageNew", Some("slot1"));
-        metrics.event_received(Source::Cyrus, "MessageNew", Some("slot1"));
-        metrics.packet_rejected(
-            Source::Dlist,
-            &ParseError::Truncated("dlist record"),
-            3,
-            b"%(\0",
-        );
-        let text = metrics.render(Levels {
-            connections: 3,
-            ..Levels::default()
-        });
-        assert!(
-            text.contains("mailpush_events_received_total{source=\"cyrus\",type=\"MessageNew\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("mailpush_slot_events_total{slot=\"slot1\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "mailpush_packets_rejected_total{source=\"dlist\",reason=\"truncated\"} 1"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("mailpush_eventsource_connections 3"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn slots_are_capped() {
-        let metrics = Metrics::new();
-        for n in 0..MAX_SLOTS + 10 {
-            metrics.event_received(Source::Cyrus, "Login", Some(&format!("slot{n}")));
-        }
-        let text = metrics.render(Levels::default());
-        assert!(
-            text.contains("mailpush_slot_events_total{slot=\"other\"} 10"),
-            "{text}"
-        );
-    }
-}
+mod tests;
