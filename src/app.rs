@@ -6,13 +6,12 @@
 //! deadline and remove the socket files so Cyrus sees "no listener" at once.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::{TcpListener, UnixDatagram, UnixListener};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -22,8 +21,8 @@ use crate::config::{Config, ConnectionsConfig};
 use crate::http::devices::Devices;
 use crate::http::events::Streams;
 use crate::http::{self, AppState, Operators};
+use crate::ingest;
 use crate::ingest::http::Ingest;
-use crate::ingest::{self, socket::SocketAccess};
 use crate::listen::{self, ConnectionBudget};
 use crate::metrics::Metrics;
 use crate::notify::enqueue::JobsWritten;
@@ -38,60 +37,9 @@ use crate::store::Store;
 use crate::stream::persist::{self, Persistence};
 use crate::stream::{StateHub, beat};
 
-/// Every listener mailpush serves, bound before [`run`] starts.
-pub struct Listeners {
-    pub http: TcpListener,
-    /// The Cyrus datagram sockets, with their paths (removed at shutdown).
-    pub cyrus: Vec<(PathBuf, UnixDatagram)>,
-    pub dlist: Option<(PathBuf, UnixListener)>,
-    pub ndjson: Option<TcpListener>,
-}
+mod listeners;
 
-impl Listeners {
-    /// Binds every configured address and socket file.
-    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
-        let access = SocketAccess {
-            mode: config.socket_mode(),
-            group: config.ingest.cyrus_socket_group.clone(),
-        };
-        let backlog = config.connections.backlog;
-        let http = listen::bind_tcp(config.http.listen, backlog)
-            .with_context(|| format!("cannot listen on http.listen {}", config.http.listen))?;
-        let mut cyrus = Vec::new();
-        for path in &config.ingest.cyrus_socket {
-            cyrus.push((path.clone(), ingest::cyrus::bind(path, &access)?));
-        }
-        let dlist = match &config.ingest.cyrus_dlist_socket {
-            Some(path) => Some((path.clone(), ingest::dlist::bind(path, &access, backlog)?)),
-            None => None,
-        };
-        let ndjson = match config.ingest.ndjson_listen {
-            Some(addr) => Some(
-                listen::bind_tcp(addr, backlog)
-                    .with_context(|| format!("cannot listen on ingest.ndjson_listen {addr}"))?,
-            ),
-            None => None,
-        };
-        Ok(Listeners {
-            http,
-            cyrus,
-            dlist,
-            ndjson,
-        })
-    }
-
-    /// The bound HTTP address (the real port when the config said port 0).
-    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
-        self.http.local_addr()
-    }
-
-    /// The bound NDJSON address, when that listener is on.
-    pub fn ndjson_addr(&self) -> Option<SocketAddr> {
-        self.ndjson
-            .as_ref()
-            .and_then(|listener| listener.local_addr().ok())
-    }
-}
+pub use listeners::Listeners;
 
 /// The cancellation token every task stops on, and the tracker shutdown waits on.
 #[derive(Clone, Default)]
