@@ -5,12 +5,13 @@
 //! socket and its feed. So the listener reads each new connection's first request head itself.
 //! A `GET` of `/events` or `/jmap/eventsource` runs through the same axum router as any request
 //! (authentication, caps, CORS and metrics unchanged), with a [`LeanStream`] slot in its
-//! extensions. When the handler leaves its feed there, the listener writes the response head,
-//! drops every buffer, and from then on writes each frame straight to the socket: one write per
-//! frame, nothing held while idle ([`super::lean_stream`]). Every other request, and every later request on a
-//! connection hyper serves, goes to hyper ([`super::hyper_conn`]) with the bytes already read
-//! put back in front; a connection that starts with `POST /ingest` goes to
-//! [`super::lean_ingest`], which does the same with anything it does not serve itself.
+//! extensions. When the handler leaves its feed there, the connection's task hands the socket
+//! to the lean stream writer ([`super::lean_stream`]), which writes the response head and from
+//! then on each frame straight to the socket: one write per frame, nothing held while idle.
+//! Every other request, and every later request on a connection hyper serves, goes to hyper
+//! ([`super::hyper_conn`]) with the bytes already read put back in front; a connection that
+//! starts with `POST /ingest` goes to [`super::lean_ingest`], which does the same with anything
+//! it does not serve itself.
 
 use std::io;
 use std::sync::Arc;

@@ -227,7 +227,7 @@ mod tests {
     /// second lock, a `u64` count or a spilled `SmallVec` layout would put it back).
     #[test]
     fn a_users_cell_fits_192_bytes() {
-        let cell = std::mem::size_of::<Shared<crate::stream::Live>>() + 2 * size_of::<usize>();
+        let cell = size_of::<Shared<crate::stream::Live>>() + 2 * size_of::<usize>();
         assert!(cell <= 192, "a user's cell grew to {cell} bytes");
     }
 
